@@ -1,0 +1,143 @@
+// Package svcwatch is Redis-backed service discovery for game server clusters.
+//
+// Each process registers itself in a table (a cluster path such as
+// "mygame/prod/20190510/gate"), keeps itself alive with a heartbeat, and watches the
+// tables it needs. Its Handler is told when a peer appears (OnAdd), changes
+// (OnUpdate) or goes away (OnRemove), so that its service manager can open or close
+// the connection to that peer; ConnManager does exactly that.
+//
+// A service manager builds its watcher at init with NewRedisServiceWatcher and
+// calls Start; see the package examples.
+package svcwatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	jsoniter "github.com/json-iterator/go"
+)
+
+// Errors returned by the watcher. Each is wrapped with detail; test with errors.Is.
+var (
+	// ErrDuplicateID is returned by Start when another live incarnation, advertising
+	// a different Name, holds the same table and ID.
+	ErrDuplicateID = errors.New("svcwatch: duplicate id")
+	// ErrInvalid is wrapped by every error about a bad argument or option.
+	ErrInvalid = errors.New("svcwatch: invalid argument")
+	// ErrStopped is returned by methods called after Stop.
+	ErrStopped = errors.New("svcwatch: watcher stopped")
+	// ErrReplaced is returned by SetDesc when this incarnation's registration was
+	// taken over by a newer incarnation of the same ID (a restart elsewhere).
+	ErrReplaced = errors.New("svcwatch: registration replaced by another incarnation")
+)
+
+// Instance is one registered process.
+type Instance struct {
+	Table string // cluster path, e.g. "mygame/prod/20190510/gate"
+	ID    string // unique within Table
+	Name  string // address peers dial, "host:port"
+	Desc  string // the process's own description, usually JSON
+
+	// Set by the watcher on the instances it reports.
+	Incarnation  string    // random per Start
+	RegisteredAt time.Time // Redis server time of this incarnation's registration
+}
+
+// Key returns Table + "/" + ID, the instance's unique name across tables.
+func (i Instance) Key() string { return i.Table + "/" + i.ID }
+
+// Decode unmarshals Desc, which must be JSON, into v.
+func (i Instance) Decode(v any) error {
+	if err := jsoniter.ConfigCompatibleWithStandardLibrary.UnmarshalFromString(i.Desc, v); err != nil {
+		return fmt.Errorf("svcwatch: decode desc of %s: %w", i.Key(), err)
+	}
+	return nil
+}
+
+// Path joins cluster path parts with "/": Path("game", "prod", "v1", "gate") is
+// "game/prod/v1/gate".
+func Path(parts ...string) string { return strings.Join(parts, "/") }
+
+// Handler receives discovery events. For one watcher, calls come from a single
+// goroutine owned by the watcher, one at a time, in the order the changes were
+// applied. A handler may block (later events wait; the heartbeat does not) and may
+// call any method of its watcher. Events about the watcher's own instance are never
+// delivered.
+type Handler interface {
+	// OnAdd is called when a peer is discovered, including the peers already present
+	// when Start or Watch is called.
+	OnAdd(inst Instance)
+	// OnUpdate is called when a known peer changes its Name or Desc.
+	OnUpdate(old, cur Instance)
+	// OnRemove is called when a peer deregisters, expires, or is replaced by a new
+	// incarnation (then OnAdd for the new one follows).
+	OnRemove(inst Instance)
+}
+
+// HandlerFuncs adapts plain functions to Handler; nil fields are skipped.
+type HandlerFuncs struct {
+	Add    func(inst Instance)
+	Update func(old, cur Instance)
+	Remove func(inst Instance)
+}
+
+// OnAdd calls f.Add if it is set.
+func (f HandlerFuncs) OnAdd(inst Instance) {
+	if f.Add != nil {
+		f.Add(inst)
+	}
+}
+
+// OnUpdate calls f.Update if it is set.
+func (f HandlerFuncs) OnUpdate(old, cur Instance) {
+	if f.Update != nil {
+		f.Update(old, cur)
+	}
+}
+
+// OnRemove calls f.Remove if it is set.
+func (f HandlerFuncs) OnRemove(inst Instance) {
+	if f.Remove != nil {
+		f.Remove(inst)
+	}
+}
+
+// Watcher is what a process holds: it registers the process, keeps it alive,
+// watches tables and raises events. RedisServiceWatcher implements it.
+type Watcher interface {
+	// Start registers self (unless watch-only) and loads every watched table. When
+	// it returns nil, OnAdd has been delivered for every peer already present.
+	Start(ctx context.Context) error
+	// Stop deregisters self and stops every goroutine of the watcher. It is
+	// idempotent; after it returns no handler is called.
+	Stop(ctx context.Context) error
+	// Self returns this process's instance, with its current incarnation.
+	Self() Instance
+	// SetDesc changes this process's Desc; peers get OnUpdate.
+	SetDesc(ctx context.Context, desc string) error
+	// Watch adds a table to watch. When it returns nil the table is loaded and OnAdd
+	// has been delivered for each of its peers (unless Watch is called from a
+	// handler: then those events follow as soon as the handler returns).
+	Watch(ctx context.Context, table string) error
+	// Services returns the live instances of a watched table, sorted by ID, self
+	// included. The slice is the caller's own.
+	Services(table string) []Instance
+	// Lookup returns one instance of a watched table.
+	Lookup(table, id string) (Instance, bool)
+	// Stats returns counters and health of the watcher.
+	Stats() Stats
+}
+
+// Stats describes a watcher's health. All counters start at zero at construction.
+type Stats struct {
+	Connected       bool      // the last Redis round trip succeeded
+	Registered      bool      // self is registered right now
+	Heartbeats      uint64    // keepalives that succeeded
+	Reregistrations uint64    // times self was found missing and registered again
+	FullLoads       uint64    // full reads of a table
+	Events          uint64    // handler calls made
+	LastSync        time.Time // when the view was last confirmed current (local clock)
+}

@@ -1,0 +1,241 @@
+package svcwatch
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+)
+
+// dispatcher delivers registry changes to the handlers from one goroutine.
+//
+// Pending changes are merged per instance key: the queue holds each key once, at
+// the position of its oldest undelivered change, with the latest state beside it.
+// So the backlog a slow handler leaves is bounded by the number of instances, and a
+// handler that catches up sees each instance's latest state. What a handler was
+// last told (known) decides the events: a new incarnation is always told as
+// OnRemove(old) then OnAdd(new).
+type dispatcher struct {
+	handlers []Handler
+	skipKey  string // self: never reported
+	log      *slog.Logger
+	events   atomic.Uint64
+
+	mu      sync.Mutex
+	wake    chan struct{} // capacity 1: the queue changed or stop was asked
+	queue   []queued
+	pending map[string]*Instance // key -> latest state, nil when gone
+	stopped bool
+
+	known   map[string]Instance // what the handlers were told; run goroutine only
+	runGoID atomic.Int64
+	done    chan struct{}
+}
+
+type queued struct {
+	key     string
+	barrier chan struct{} // set on a flush marker instead of a key
+}
+
+func newDispatcher(handlers []Handler, skipKey string, log *slog.Logger) *dispatcher {
+	return &dispatcher{
+		handlers: handlers,
+		skipKey:  skipKey,
+		log:      log,
+		wake:     make(chan struct{}, 1),
+		pending:  make(map[string]*Instance),
+		known:    make(map[string]Instance),
+		done:     make(chan struct{}),
+	}
+}
+
+// enqueue records the latest state of key (nil: gone). Callers keep their own
+// order; the registry calls it under its lock.
+func (d *dispatcher) enqueue(key string, latest *Instance) {
+	if key == d.skipKey {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopped {
+		return
+	}
+	if _, queuedAlready := d.pending[key]; !queuedAlready {
+		d.queue = append(d.queue, queued{key: key})
+	}
+	d.pending[key] = latest
+	d.signal()
+}
+
+func (d *dispatcher) signal() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// flush waits until every change enqueued before it has been delivered. Called on
+// the dispatch goroutine itself (from a handler), it returns at once: the events
+// follow as soon as the handler returns.
+func (d *dispatcher) flush(ctx context.Context) error {
+	if d.onRunGoroutine() {
+		return nil
+	}
+	b := make(chan struct{})
+	d.mu.Lock()
+	if d.stopped {
+		d.mu.Unlock()
+		return ErrStopped
+	}
+	d.queue = append(d.queue, queued{barrier: b})
+	d.signal()
+	d.mu.Unlock()
+	select {
+	case <-b:
+		d.mu.Lock()
+		stopped := d.stopped
+		d.mu.Unlock()
+		if stopped {
+			return ErrStopped
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// run delivers events until stop. It is the only goroutine that calls handlers.
+func (d *dispatcher) run() {
+	defer close(d.done)
+	d.runGoID.Store(goroutineID())
+	for {
+		d.mu.Lock()
+		if d.stopped {
+			d.mu.Unlock()
+			return
+		}
+		if len(d.queue) == 0 {
+			d.mu.Unlock()
+			<-d.wake
+			continue
+		}
+		q := d.queue[0]
+		d.queue[0] = queued{}
+		d.queue = d.queue[1:]
+		if len(d.queue) == 0 {
+			d.queue = nil // let the backing array go
+		}
+		if q.barrier != nil {
+			d.mu.Unlock()
+			close(q.barrier)
+			continue
+		}
+		latest := d.pending[q.key]
+		delete(d.pending, q.key)
+		d.mu.Unlock()
+		d.deliver(q.key, latest)
+	}
+}
+
+func (d *dispatcher) deliver(key string, latest *Instance) {
+	old, had := d.known[key]
+	switch {
+	case latest == nil && had:
+		delete(d.known, key)
+		d.call(func(h Handler) { h.OnRemove(old) })
+	case latest == nil:
+		// added and removed before the handler heard of it
+	case !had:
+		d.known[key] = *latest
+		d.call(func(h Handler) { h.OnAdd(*latest) })
+	case old.Incarnation != latest.Incarnation:
+		d.known[key] = *latest
+		d.call(func(h Handler) { h.OnRemove(old) })
+		d.call(func(h Handler) { h.OnAdd(*latest) })
+	case old != *latest:
+		d.known[key] = *latest
+		d.call(func(h Handler) { h.OnUpdate(old, *latest) })
+	}
+}
+
+// call runs fn on every handler, unless the dispatcher was stopped meanwhile.
+func (d *dispatcher) call(fn func(Handler)) {
+	for _, h := range d.handlers {
+		d.mu.Lock()
+		stopped := d.stopped
+		d.mu.Unlock()
+		if stopped {
+			return
+		}
+		d.events.Add(1)
+		d.safeCall(h, fn)
+	}
+}
+
+func (d *dispatcher) safeCall(h Handler, fn func(Handler)) {
+	defer func() {
+		if r := recover(); r != nil {
+			d.log.Error("svcwatch: handler panicked; event skipped", "panic", r,
+				"stack", string(stack()))
+		}
+	}()
+	fn(h)
+}
+
+// stop ends delivery: the event in progress finishes, nothing else is delivered,
+// and every waiting flush returns ErrStopped. It does not wait; see wait.
+func (d *dispatcher) stop() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopped {
+		return
+	}
+	d.stopped = true
+	for _, q := range d.queue {
+		if q.barrier != nil {
+			close(q.barrier)
+		}
+	}
+	d.queue, d.pending = nil, nil
+	d.signal()
+}
+
+// wait waits for the run goroutine to end, unless called from it (a handler that
+// stops its own watcher): then it ends as soon as that handler returns.
+func (d *dispatcher) wait(ctx context.Context) error {
+	if d.onRunGoroutine() {
+		return nil
+	}
+	select {
+	case <-d.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (d *dispatcher) onRunGoroutine() bool {
+	id := d.runGoID.Load()
+	return id != 0 && id == goroutineID()
+}
+
+// goroutineID parses the current goroutine's number from its stack header. It is
+// used only to let a handler call Watch and Stop without waiting for itself.
+func goroutineID() int64 {
+	var buf [64]byte
+	b := buf[:runtime.Stack(buf[:], false)]
+	b = bytes.TrimPrefix(b, []byte("goroutine "))
+	if i := bytes.IndexByte(b, ' '); i > 0 {
+		b = b[:i]
+	}
+	id, _ := strconv.ParseInt(string(b), 10, 64)
+	return id
+}
+
+func stack() []byte {
+	buf := make([]byte, 4096)
+	return buf[:runtime.Stack(buf, false)]
+}

@@ -1,0 +1,82 @@
+-- Shared head of every svcwatch script. All keys are of one table and carry its
+-- hash tag, so they live in one Cluster slot.
+-- KEYS: 1 inst (HASH id -> record), 2 exp (ZSET id -> deadline ms), 3 rev, 4 epoch,
+--       5 meta (HASH: last = server ms of the latest call, guard = of the latest guard)
+-- ARGV: 1 channel, 2 silence ms (half the caller's TTL), 3 reap limit,
+--       4 epoch candidate (set if the epoch is missing when something is written)
+local kInst, kExp, kRev, kEpoch, kMeta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local channel, silence, reapLimit, epochCand = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function epoch()
+  local e = redis.call('GET', kEpoch)
+  if not e then
+    redis.call('SET', kEpoch, epochCand)
+    e = epochCand
+  end
+  return e
+end
+
+-- publish bumps the revision and tells the watchers about one change.
+local function publish(op, id, rec)
+  local rev = redis.call('INCR', kRev)
+  local msg = '{"e":' .. cjson.encode(epoch()) .. ',"r":' .. rev .. ',"op":"' .. op ..
+    '","id":' .. cjson.encode(id)
+  if rec then msg = msg .. ',"rec":' .. cjson.encode(rec) end
+  redis.call('PUBLISH', channel, msg .. '}')
+  return rev
+end
+
+-- record builds the stored JSON; the incarnation comes first so that the
+-- heartbeat can check it with a prefix compare instead of decoding the record.
+local function record(inc, name, desc, reg, ttl)
+  return '{"inc":' .. cjson.encode(inc) .. ',"name":' .. cjson.encode(name) ..
+    ',"desc":' .. cjson.encode(desc) .. ',"reg":' .. reg .. ',"ttl":' .. ttl .. '}'
+end
+
+local function owns(rec, inc)
+  local p = '{"inc":' .. cjson.encode(inc) .. ','
+  return rec ~= false and string.sub(rec, 1, #p) == p
+end
+
+local function decode(rec)
+  local ok, r = pcall(cjson.decode, rec)
+  if ok and type(r) == 'table' then return r end
+  return {}
+end
+
+-- The mass-expiry guard: a table that no script touched for longer than the
+-- silence (Redis frozen or unreachable to everyone) may hold only stale
+-- deadlines. Instead of reaping, push every deadline to now + that instance's
+-- TTL, at most once per 2 x silence, so the live ones can heartbeat again and
+-- the dead ones are reaped one TTL later.
+local guarded = false
+do
+  local last = tonumber(redis.call('HGET', kMeta, 'last') or 0) or 0
+  redis.call('HSET', kMeta, 'last', now)
+  if last > 0 and now - last > silence then
+    local g = tonumber(redis.call('HGET', kMeta, 'guard') or 0) or 0
+    if now - g >= 2 * silence then
+      local all = redis.call('ZRANGE', kExp, 0, -1, 'WITHSCORES')
+      for i = 1, #all, 2 do
+        local ttl = tonumber(decode(redis.call('HGET', kInst, all[i]) or '').ttl) or 2 * silence
+        if tonumber(all[i + 1]) < now + ttl then
+          redis.call('ZADD', kExp, now + ttl, all[i])
+        end
+      end
+      redis.call('HSET', kMeta, 'guard', now)
+      guarded = true
+    end
+  end
+end
+
+-- Reap a few expired entries of this table; the heartbeat carries this, so
+-- reaping costs no round trip of its own.
+if not guarded then
+  local ids = redis.call('ZRANGEBYSCORE', kExp, '-inf', now, 'LIMIT', 0, reapLimit)
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', kExp, id)
+    if redis.call('HDEL', kInst, id) == 1 then publish('expired', id) end
+  end
+end

@@ -1,0 +1,145 @@
+package svcwatch
+
+import (
+	"sort"
+	"sync"
+	"time"
+)
+
+// registry is the local dictionary of what the watcher has discovered:
+// table -> id -> instance. Every change is handed to emit under the registry lock,
+// so events leave in the order the changes were applied.
+type registry struct {
+	mu     sync.RWMutex
+	tables map[string]map[string]*entry // a table is present once it is loaded
+	emit   func(key string, latest *Instance)
+}
+
+type entry struct {
+	inst Instance
+	// heldUntil is set on an instance that the backend can no longer see but whose
+	// removal is held back (its data may have been lost, not the process): it is
+	// still reported until then, and removed then unless it came back.
+	heldUntil time.Time
+}
+
+func newRegistry(emit func(string, *Instance)) *registry {
+	return &registry{tables: make(map[string]map[string]*entry), emit: emit}
+}
+
+// replace makes insts the whole view of table. An instance that is missing from
+// insts is removed, or, when holdUntil is set, held until then.
+func (r *registry) replace(table string, insts []Instance, holdUntil time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	view := r.tables[table]
+	if view == nil {
+		view = make(map[string]*entry, len(insts))
+		r.tables[table] = view
+	}
+	seen := make(map[string]struct{}, len(insts))
+	for _, inst := range insts {
+		seen[inst.ID] = struct{}{}
+		r.putLocked(view, inst)
+	}
+	for id, e := range view {
+		if _, ok := seen[id]; ok {
+			continue
+		}
+		r.removeLocked(view, id, e, holdUntil)
+	}
+}
+
+// put adds or updates one instance of a loaded table.
+func (r *registry) put(inst Instance) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if view := r.tables[inst.Table]; view != nil {
+		r.putLocked(view, inst)
+	}
+}
+
+// remove removes one instance, or holds it until holdUntil when that is set.
+func (r *registry) remove(table, id string, holdUntil time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	view := r.tables[table]
+	if e := view[id]; e != nil {
+		r.removeLocked(view, id, e, holdUntil)
+	}
+}
+
+// releaseHolds removes every held instance whose hold ended by now.
+func (r *registry) releaseHolds(now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, view := range r.tables {
+		for id, e := range view {
+			if !e.heldUntil.IsZero() && !now.Before(e.heldUntil) {
+				delete(view, id)
+				r.emit(e.inst.Key(), nil)
+			}
+		}
+	}
+}
+
+func (r *registry) putLocked(view map[string]*entry, inst Instance) {
+	e := view[inst.ID]
+	if e == nil {
+		view[inst.ID] = &entry{inst: inst}
+		r.emit(inst.Key(), &inst)
+		return
+	}
+	e.heldUntil = time.Time{}
+	if e.inst == inst {
+		return
+	}
+	e.inst = inst
+	r.emit(inst.Key(), &inst)
+}
+
+func (r *registry) removeLocked(view map[string]*entry, id string, e *entry, holdUntil time.Time) {
+	if !holdUntil.IsZero() {
+		if e.heldUntil.IsZero() {
+			e.heldUntil = holdUntil
+		}
+		return
+	}
+	delete(view, id)
+	r.emit(e.inst.Key(), nil)
+}
+
+func (r *registry) loaded(table string) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	_, ok := r.tables[table]
+	return ok
+}
+
+// list returns a copy of table's instances sorted by ID.
+func (r *registry) list(table string) []Instance {
+	r.mu.RLock()
+	view := r.tables[table]
+	out := make([]Instance, 0, len(view))
+	for _, e := range view {
+		out = append(out, e.inst)
+	}
+	r.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+func (r *registry) lookup(table, id string) (Instance, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if e := r.tables[table][id]; e != nil {
+		return e.inst, true
+	}
+	return Instance{}, false
+}
+
+func (r *registry) size(table string) int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.tables[table])
+}

@@ -48,6 +48,7 @@ type RedisServiceWatcher struct {
 	regMu sync.Mutex // serialises register and update calls of self
 
 	connected  atomic.Bool
+	downLogged atomic.Bool // a "does not answer" was logged and not yet taken back
 	registered atomic.Bool
 	heartbeats atomic.Uint64
 	rereg      atomic.Uint64
@@ -541,14 +542,22 @@ func (w *RedisServiceWatcher) standDown(self Instance, err error) {
 	}
 }
 
+// noteRoundTrip records whether Redis answered. An error reply (WRONGTYPE,
+// NOPERM, a script error) is an answer: it is logged once, not taken for an outage.
 func (w *RedisServiceWatcher) noteRoundTrip(err error) {
-	ok := err == nil || errors.Is(err, redis.Nil)
-	if w.connected.Swap(ok) != ok {
-		if ok {
-			w.log.Info("svcwatch: Redis answers again")
-		} else {
-			w.log.Warn("svcwatch: Redis does not answer; keeping the last view", "err", err)
+	var reply redis.Error
+	isReply := errors.As(err, &reply) && !errors.Is(err, redis.Nil)
+	ok := err == nil || errors.Is(err, redis.Nil) || isReply
+	w.connected.Store(ok)
+	switch {
+	case isReply:
+		if _, seen := w.badSeen.LoadOrStore("reply\x00"+err.Error(), struct{}{}); !seen {
+			w.log.Error("svcwatch: Redis refused a call", "err", err)
 		}
+	case ok && w.downLogged.Swap(false):
+		w.log.Info("svcwatch: Redis answers again")
+	case !ok && !w.downLogged.Swap(true):
+		w.log.Warn("svcwatch: Redis does not answer; keeping the last view", "err", err)
 	}
 }
 

@@ -1,0 +1,494 @@
+package svcwatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand"
+	"sync"
+	"time"
+)
+
+// ErrConnInvalidated is the error an OnDisconnect hook receives when the
+// connection was closed because Invalidate was called for it.
+var ErrConnInvalidated = errors.New("svcwatch: connection invalidated")
+
+// ConnManager is a Handler that keeps one connection to each discovered peer:
+// it dials peers as they are added, redials with backoff while they stay
+// registered, and closes the connection when they go away.
+//
+// It descends from go-kit's sd endpoint cache, with two differences: nothing is
+// ever dialed under a lock or on the caller's goroutine (each accepted peer has
+// its own dial goroutine, owned by the manager), and Close closes every
+// connection and waits for every goroutine.
+//
+// Connections are keyed by Instance.Key. An update reconnects only when the
+// peer's Name (its address) or Incarnation changed; a Desc-only update keeps
+// the connection. OnRemove, OnUpdate and Invalidate never block on a dial: the
+// old connection is closed by its dial goroutine shortly after they return.
+//
+// For one key, hooks never overlap: the OnDisconnect of a connection always
+// precedes the OnConnect of the next one, even across a reconnect.
+//
+// All methods are safe for concurrent use. The dial function must return soon
+// after its ctx is done, or Close and reconnects wait for it.
+type ConnManager[C io.Closer] struct {
+	dial func(ctx context.Context, inst Instance) (C, error)
+	cfg  connConfig
+
+	// ctx is the parent of every peer's ctx; Close cancels it.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // one per dial goroutine
+
+	mu     sync.RWMutex
+	closed bool
+	peers  map[string]*connPeer[C] // live peers, by key
+	// tails holds, per key, the newest dial goroutine, live or still draining,
+	// so that a replacement waits for it: this is what keeps hooks ordered.
+	tails     map[string]*connPeer[C]
+	closeErrs []error // errors closing connections during Close
+}
+
+var _ Handler = (*ConnManager[io.Closer])(nil)
+
+// connPeer is one dial goroutine's state. Name and Incarnation never change for
+// a connPeer (a change replaces it); Desc follows updates.
+type connPeer[C io.Closer] struct {
+	ctx    context.Context // canceled when the peer is removed, replaced or Close is called
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the goroutine has exited
+	kick   chan struct{} // cap 1: Invalidate asks the goroutine to drop its conn
+	addr   string        // inst.Name, readable without the lock
+
+	// Guarded by ConnManager.mu.
+	inst  Instance
+	conn  C
+	ready bool // conn is published to Get
+}
+
+type connConfig struct {
+	dialTimeout  time.Duration
+	backoffMin   time.Duration
+	backoffMax   time.Duration
+	filter       func(inst Instance) bool
+	onConnect    func(inst Instance, c io.Closer)
+	onDisconnect func(inst Instance, err error)
+	logger       *slog.Logger
+}
+
+// ConnOption configures a ConnManager; see NewConnManager.
+type ConnOption func(*connConfig)
+
+// WithDialTimeout bounds each dial attempt: the ctx passed to the dial function
+// expires after d. The default is 5s. d <= 0 disables the timeout; a dial then
+// ends only when the peer is removed or the manager closed.
+func WithDialTimeout(d time.Duration) ConnOption {
+	return func(c *connConfig) { c.dialTimeout = d }
+}
+
+// WithBackoff sets the delay before a redial, after a failed dial or an
+// Invalidate. The delay starts at min and doubles per consecutive failure up to
+// max, with equal jitter (a random value in [step/2, step]) so that peers
+// restarted together do not redial in lockstep. The default is 100ms to 10s.
+// A value <= 0 keeps its default; a max below min is raised to min.
+func WithBackoff(min, max time.Duration) ConnOption {
+	return func(c *connConfig) {
+		if min > 0 {
+			c.backoffMin = min
+		}
+		if max > 0 {
+			c.backoffMax = max
+		}
+	}
+}
+
+// WithConnFilter selects the instances to connect to; rejected instances are
+// never dialed. It is called on every OnAdd and OnUpdate, outside any lock, so
+// an update that makes a peer rejected closes its connection and one that makes
+// it accepted dials it. It must be fast and must not block. By default every
+// instance is accepted.
+//
+// In a full mesh, where each pair of peers needs a single connection, let only
+// the lower ID dial:
+//
+//	svcwatch.WithConnFilter(func(p svcwatch.Instance) bool { return self.ID < p.ID })
+func WithConnFilter(f func(inst Instance) bool) ConnOption {
+	return func(c *connConfig) { c.filter = f }
+}
+
+// WithOnConnect sets a hook called with each new connection (the C returned by
+// dial, as an io.Closer) before Get can return it, so the hook may set it up,
+// e.g. send a handshake. It is called from the peer's dial goroutine and must
+// not block long: the peer's removal and Close wait for it. It must not call
+// Close. Each OnConnect is followed by exactly one OnDisconnect for that
+// connection. Default: none.
+func WithOnConnect(f func(inst Instance, c io.Closer)) ConnOption {
+	return func(c *connConfig) { c.onConnect = f }
+}
+
+// WithOnDisconnect sets a hook called after a connection that was passed to
+// OnConnect has been closed. err is ErrConnInvalidated when Invalidate closed
+// it, and nil when the peer was removed, filtered out or updated to a new Name
+// or Incarnation, or the manager was closed. It is called from the peer's dial
+// goroutine and must not block long; it must not call Close. Default: none.
+func WithOnDisconnect(f func(inst Instance, err error)) ConnOption {
+	return func(c *connConfig) { c.onDisconnect = f }
+}
+
+// WithConnLogger sets the logger for dial failures and connection changes.
+// Default: slog.Default() at construction.
+func WithConnLogger(l *slog.Logger) ConnOption {
+	return func(c *connConfig) { c.logger = l }
+}
+
+// NewConnManager returns a ConnManager that connects to peers with dial. dial is
+// called from a per-peer goroutine, never under a lock, with the peer's current
+// Instance and a ctx that is canceled when the peer goes away or the manager is
+// closed, and expires after the dial timeout. A nil dial makes every dial fail
+// with an error wrapping ErrInvalid (logged), rather than a panic.
+//
+// The caller owns the manager and must call Close.
+func NewConnManager[C io.Closer](dial func(ctx context.Context, inst Instance) (C, error), opts ...ConnOption) *ConnManager[C] {
+	if dial == nil {
+		dial = func(context.Context, Instance) (C, error) {
+			var zero C
+			return zero, fmt.Errorf("%w: NewConnManager was given a nil dial function", ErrInvalid)
+		}
+	}
+	cfg := connConfig{
+		dialTimeout: 5 * time.Second,
+		backoffMin:  100 * time.Millisecond,
+		backoffMax:  10 * time.Second,
+	}
+	for _, o := range opts {
+		if o != nil {
+			o(&cfg)
+		}
+	}
+	if cfg.backoffMax < cfg.backoffMin {
+		cfg.backoffMax = cfg.backoffMin
+	}
+	if cfg.logger == nil {
+		cfg.logger = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &ConnManager[C]{
+		dial:   dial,
+		cfg:    cfg,
+		ctx:    ctx,
+		cancel: cancel,
+		peers:  make(map[string]*connPeer[C]),
+		tails:  make(map[string]*connPeer[C]),
+	}
+}
+
+// OnAdd starts connecting to inst in the background if the filter accepts it.
+// If the key is already known it behaves as OnUpdate. It never blocks on a
+// dial. After Close it does nothing.
+func (m *ConnManager[C]) OnAdd(inst Instance) { m.apply(inst) }
+
+// OnUpdate reconnects when cur's Name or Incarnation differs from the instance
+// being connected; a Desc-only change keeps the connection (later dials and
+// hooks see the new Desc). It closes the connection if the filter now rejects
+// cur, and dials if the filter now accepts a peer it rejected. It never blocks
+// on a dial. After Close it does nothing.
+func (m *ConnManager[C]) OnUpdate(old, cur Instance) {
+	if old.Key() != cur.Key() {
+		m.OnRemove(old)
+	}
+	m.apply(cur)
+}
+
+// OnRemove forgets the peer with inst's key: a dial in progress is canceled and
+// the connection is closed by the peer's goroutine shortly after OnRemove
+// returns; Get stops returning it at once. Unknown keys are ignored.
+func (m *ConnManager[C]) OnRemove(inst Instance) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p := m.peers[inst.Key()]; p != nil {
+		m.dropLocked(inst.Key(), p)
+	}
+}
+
+// Get returns the connection to the peer with the given key (Instance.Key) and
+// true, or false while the peer is unknown, rejected, not yet connected or
+// between connections. It only takes a read lock.
+func (m *ConnManager[C]) Get(key string) (C, bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if p := m.peers[key]; p != nil && p.ready {
+		return p.conn, true
+	}
+	var zero C
+	return zero, false
+}
+
+// Invalidate reports that the peer's current connection is broken: Get stops
+// returning it at once, the peer's goroutine closes it (OnDisconnect gets
+// ErrConnInvalidated) and redials after a backoff for as long as the peer stays
+// registered. It acts on whichever connection is current, so call it right
+// after the failure, not later. It is a no-op for an unknown key or a peer that
+// is not connected.
+func (m *ConnManager[C]) Invalidate(key string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p := m.peers[key]
+	if p == nil || !p.ready {
+		return
+	}
+	p.ready = false
+	select {
+	case p.kick <- struct{}{}:
+	default: // cannot happen: one kick per published conn, consumed before the next
+	}
+}
+
+// Close closes every connection, cancels every dial, and waits for every dial
+// goroutine (and so every hook) to return. It returns the errors from closing
+// connections, joined; nil if none. It is idempotent: later calls return nil
+// once the first has finished. After Close, Get reports false and OnAdd,
+// OnUpdate, OnRemove and Invalidate do nothing.
+func (m *ConnManager[C]) Close() error {
+	m.mu.Lock()
+	first := !m.closed
+	if first {
+		m.closed = true
+		m.cancel()
+		for key, p := range m.peers {
+			delete(m.peers, key)
+			p.cancel()
+		}
+	}
+	m.mu.Unlock()
+	// No wg.Add can follow: Add happens under mu only while !closed.
+	m.wg.Wait()
+	if !first {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	err := errors.Join(m.closeErrs...)
+	m.closeErrs = nil
+	return err
+}
+
+// apply makes the manager's view of inst's key match inst.
+func (m *ConnManager[C]) apply(inst Instance) {
+	// Filter outside the lock: it is user code and may call Get.
+	accept := m.cfg.filter == nil || m.cfg.filter(inst)
+	key := inst.Key()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return
+	}
+	p := m.peers[key]
+	switch {
+	case !accept:
+		if p != nil {
+			m.dropLocked(key, p)
+		}
+	case p == nil:
+		m.startLocked(key, inst)
+	case p.inst.Name != inst.Name || p.inst.Incarnation != inst.Incarnation:
+		m.dropLocked(key, p)
+		m.startLocked(key, inst)
+	default:
+		p.inst = inst
+	}
+}
+
+// dropLocked unpublishes p and tells its goroutine to close and exit.
+func (m *ConnManager[C]) dropLocked(key string, p *connPeer[C]) {
+	delete(m.peers, key)
+	p.ready = false
+	p.cancel()
+}
+
+// startLocked starts the dial goroutine of a new peer. m.mu must be held and
+// the manager open.
+func (m *ConnManager[C]) startLocked(key string, inst Instance) {
+	ctx, cancel := context.WithCancel(m.ctx)
+	p := &connPeer[C]{
+		ctx:    ctx,
+		cancel: cancel,
+		done:   make(chan struct{}),
+		kick:   make(chan struct{}, 1),
+		addr:   inst.Name,
+		inst:   inst,
+	}
+	var prev <-chan struct{}
+	if t := m.tails[key]; t != nil {
+		prev = t.done
+	}
+	m.tails[key] = p
+	m.peers[key] = p
+	m.wg.Add(1)
+	go m.run(key, p, prev)
+}
+
+// run is a peer's dial goroutine: it owns the peer's connection from dial to
+// close. It exits when p.ctx is canceled.
+func (m *ConnManager[C]) run(key string, p *connPeer[C], prev <-chan struct{}) {
+	defer m.wg.Done()
+	defer func() {
+		m.mu.Lock()
+		if m.tails[key] == p {
+			delete(m.tails, key)
+		}
+		m.mu.Unlock()
+		close(p.done)
+		p.cancel() // release the ctx
+	}()
+	if prev != nil {
+		// The previous goroutine for this key is already canceled; wait for it
+		// even if we are canceled too, so that a later one never overtakes it.
+		<-prev
+	}
+	attempt := 0
+	for p.ctx.Err() == nil {
+		c, err := m.dialOnce(p)
+		if err != nil {
+			if p.ctx.Err() != nil {
+				return
+			}
+			lvl := slog.LevelDebug
+			if attempt == 0 {
+				lvl = slog.LevelWarn // once per streak: a dead peer retries for as long as it is registered
+			}
+			m.cfg.logger.Log(context.Background(), lvl, "svcwatch: dial failed",
+				"peer", key, "addr", p.addr, "attempt", attempt+1, "err", err)
+		} else {
+			connectedAt := time.Now()
+			if !m.serve(key, p, c) {
+				return
+			}
+			// Invalidated. Keep growing the backoff unless the conn lived
+			// long, so a peer that accepts then breaks at once is not hammered.
+			if time.Since(connectedAt) >= m.cfg.backoffMax {
+				attempt = 0
+			}
+		}
+		if !sleepCtx(p.ctx, m.cfg.backoff(attempt)) {
+			return
+		}
+		attempt++
+	}
+}
+
+// dialOnce makes one dial attempt with the peer's current instance.
+func (m *ConnManager[C]) dialOnce(p *connPeer[C]) (C, error) {
+	m.mu.RLock()
+	inst := p.inst
+	m.mu.RUnlock()
+	ctx := p.ctx
+	if m.cfg.dialTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, m.cfg.dialTimeout)
+		defer cancel()
+	}
+	return m.dial(ctx, inst)
+}
+
+// serve publishes a fresh connection, holds it until the peer goes away or it
+// is invalidated, then closes it. It reports whether it was invalidated (and
+// the peer still wants a connection).
+func (m *ConnManager[C]) serve(key string, p *connPeer[C], c C) (invalidated bool) {
+	if p.ctx.Err() != nil {
+		// The dial won the race with removal: never store the conn.
+		m.closeConn(key, p.addr, c)
+		return false
+	}
+	m.mu.RLock()
+	inst := p.inst
+	m.mu.RUnlock()
+	if m.cfg.onConnect != nil {
+		m.cfg.onConnect(inst, c)
+	}
+	m.mu.Lock()
+	if p.ctx.Err() != nil {
+		// Removed while the hook ran; the hook saw the conn, so pair it.
+		inst = p.inst
+		m.mu.Unlock()
+		m.closeConn(key, p.addr, c)
+		m.disconnected(inst, nil)
+		return false
+	}
+	p.conn, p.ready = c, true
+	m.mu.Unlock()
+	m.cfg.logger.Debug("svcwatch: connected", "peer", key, "addr", p.addr)
+
+	var reason error
+	select {
+	case <-p.ctx.Done():
+	case <-p.kick:
+		reason = ErrConnInvalidated
+	}
+	m.mu.Lock()
+	var zero C
+	p.conn, p.ready = zero, false
+	inst = p.inst
+	m.mu.Unlock()
+	m.closeConn(key, p.addr, c)
+	if reason != nil {
+		m.cfg.logger.Info("svcwatch: connection invalidated, redialing", "peer", key, "addr", p.addr)
+	} else {
+		m.cfg.logger.Debug("svcwatch: disconnected", "peer", key, "addr", p.addr)
+	}
+	m.disconnected(inst, reason)
+	return reason != nil
+}
+
+func (m *ConnManager[C]) disconnected(inst Instance, err error) {
+	if m.cfg.onDisconnect != nil {
+		m.cfg.onDisconnect(inst, err)
+	}
+}
+
+// closeConn closes c; errors during Close are kept for Close to return, others
+// only logged (closing a broken or removed peer's conn often fails harmlessly).
+func (m *ConnManager[C]) closeConn(key, addr string, c C) {
+	err := c.Close()
+	if err == nil {
+		return
+	}
+	if m.ctx.Err() != nil {
+		m.mu.Lock()
+		m.closeErrs = append(m.closeErrs, err)
+		m.mu.Unlock()
+	}
+	m.cfg.logger.Debug("svcwatch: close connection", "peer", key, "addr", addr, "err", err)
+}
+
+// backoff returns the delay before retry number attempt+1: min·2^attempt capped
+// at max, with equal jitter.
+func (c *connConfig) backoff(attempt int) time.Duration {
+	d := c.backoffMin
+	for i := 0; i < attempt && d < c.backoffMax; i++ {
+		if d > c.backoffMax/2 {
+			d = c.backoffMax
+			break
+		}
+		d *= 2
+	}
+	if d > c.backoffMax {
+		d = c.backoffMax
+	}
+	half := d / 2
+	return half + time.Duration(rand.Int63n(int64(d-half)+1))
+}
+
+// sleepCtx waits for d or until ctx is done; it reports whether d elapsed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -227,6 +227,11 @@ func TestFaultRestartEmptyReregisters(t *testing.T) {
 	converge(t, nodes, gameTable, "a,b")
 	noRemoves(t, nodes, "a", "b")
 	for _, n := range nodes {
+		// Registering again keeps the incarnation and its registration time, so
+		// peers are not even told of an update.
+		if n.rec.has("update", "a") || n.rec.has("update", "b") {
+			t.Errorf("%s was told of an update: %s", n.w.Self().ID, n.rec)
+		}
 		if !n.w.Stats().Registered {
 			t.Errorf("%s: Registered false after re-registration", n.w.Self().ID)
 		}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	mrand "math/rand"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -447,7 +448,12 @@ func (w *RedisServiceWatcher) registerLocked(ctx context.Context) error {
 	if w.cfg.replaceSameName {
 		replace = 1
 	}
-	res, err := w.eval(cctx, scriptRegister, w.selfSync(), self.ID, self.Incarnation, self.Name, self.Desc, w.cfg.ttl.Milliseconds(), replace).Slice()
+	var regAt int64
+	if !self.RegisteredAt.IsZero() {
+		regAt = self.RegisteredAt.UnixMilli()
+	}
+	res, err := w.eval(cctx, scriptRegister, w.selfSync(), self.ID, self.Incarnation, self.Name, self.Desc,
+		w.cfg.ttl.Milliseconds(), replace, regAt).Slice()
 	w.noteRoundTrip(err)
 	if err != nil {
 		return fmt.Errorf("svcwatch: register %s: %w", self.Key(), err)
@@ -457,7 +463,7 @@ func (w *RedisServiceWatcher) registerLocked(ctx context.Context) error {
 		holder, _ := res[1].(string)
 		return fmt.Errorf("%w: %s is held by a live process at %q", ErrDuplicateID, self.Key(), holder)
 	}
-	regAt, _ := res[1].(int64)
+	regAt, _ = res[1].(int64)
 	w.setSelf(func(s *Instance) { s.RegisteredAt = time.UnixMilli(regAt) })
 	w.registered.Store(true)
 	return nil
@@ -799,6 +805,7 @@ func (w *RedisServiceWatcher) loadTable(ctx context.Context, ts *tableSync) erro
 		}
 		insts = append(insts, inst)
 	}
+	sort.Slice(insts, func(i, j int) bool { return insts[i].ID < insts[j].ID }) // events in a stable order
 
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -806,10 +813,11 @@ func (w *RedisServiceWatcher) loadTable(ctx context.Context, ts *tableSync) erro
 		return nil // messages got ahead of this read; the view is newer already
 	}
 	var hold time.Time
-	if ts.loaded && epoch != ts.epoch {
+	if ts.loaded && ts.epoch != "" && epoch != ts.epoch {
 		// Redis lost or restored the table's data. The processes that are alive
 		// register again within a keepalive interval; until one TTL has passed,
 		// a missing or expiring instance is more likely lost data than dead.
+		// (A table that had no epoch yet is simply new.)
 		hold = w.clock.Now().Add(w.cfg.ttl)
 		ts.holdExpiredUntil = hold
 		w.log.Warn("svcwatch: table epoch changed (Redis data lost or restored); holding back removals for one TTL",

@@ -13,6 +13,7 @@ type registry struct {
 	mu     sync.RWMutex
 	tables map[string]map[string]*entry // a table is present once it is loaded
 	emit   func(key string, latest *Instance)
+	held   int // entries with heldUntil set, so that releaseHolds is free when none are
 }
 
 type entry struct {
@@ -46,6 +47,9 @@ func (r *registry) replace(table string, insts []Instance, holdUntil time.Time) 
 		if _, ok := seen[id]; ok {
 			continue
 		}
+		if !e.heldUntil.IsZero() && holdUntil.IsZero() {
+			continue // already held: the hold runs out, or the instance comes back
+		}
 		r.removeLocked(view, id, e, holdUntil)
 	}
 }
@@ -74,8 +78,12 @@ func (r *registry) releaseHolds(now time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, view := range r.tables {
+		if r.held == 0 {
+			return
+		}
 		for id, e := range view {
 			if !e.heldUntil.IsZero() && !now.Before(e.heldUntil) {
+				r.held--
 				delete(view, id)
 				r.emit(e.inst.Key(), nil)
 			}
@@ -90,7 +98,10 @@ func (r *registry) putLocked(view map[string]*entry, inst Instance) {
 		r.emit(inst.Key(), &inst)
 		return
 	}
-	e.heldUntil = time.Time{}
+	if !e.heldUntil.IsZero() {
+		e.heldUntil = time.Time{}
+		r.held--
+	}
 	if e.inst == inst {
 		return
 	}
@@ -102,8 +113,12 @@ func (r *registry) removeLocked(view map[string]*entry, id string, e *entry, hol
 	if !holdUntil.IsZero() {
 		if e.heldUntil.IsZero() {
 			e.heldUntil = holdUntil
+			r.held++
 		}
 		return
+	}
+	if !e.heldUntil.IsZero() {
+		r.held--
 	}
 	delete(view, id)
 	r.emit(e.inst.Key(), nil)

@@ -1,8 +1,11 @@
--- ARGV: 5 id, 6 incarnation, 7 name, 8 desc, 9 ttl ms, 10 replace same name (1/0)
+-- ARGV: 5 id, 6 incarnation, 7 name, 8 desc, 9 ttl ms, 10 replace same name (1/0),
+--       11 registered-at ms of this incarnation if it registered before (else 0),
+--       so that registering again after Redis lost the entry changes nothing peers see.
 -- Returns {'ok', registered-at ms} or {'dup', holder's name}.
 local id, inc, name, desc, ttl, replace = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10] == '1'
 local old = redis.call('HGET', kInst, id)
 local reg, op = now, 'add'
+if tonumber(ARGV[11]) > 0 then reg = tonumber(ARGV[11]) end
 if old then
   local o = decode(old)
   local deadline = tonumber(redis.call('ZSCORE', kExp, id) or 0) or 0

@@ -1,0 +1,31 @@
+// Command svcwatch inspects and benchmarks svcwatch service discovery on Redis.
+//
+//	svcwatch [global flags] tables              every table under the prefix
+//	svcwatch [global flags] ls [-wide] TABLE    the instances of one table
+//	svcwatch [global flags] watch TABLE...      discovery events until interrupted
+//	svcwatch [global flags] bench [flags]       latency, crash detection and idle cost
+//
+// Run "svcwatch -h" for the flags. Exit status: 0 on success, 1 on a runtime
+// error (Redis unreachable, authentication, missing table), 2 on bad usage.
+//
+// The command line is parsed with the standard library's flag package, one
+// FlagSet per subcommand: four subcommands with a few flags each do not justify
+// a CLI framework, which would become a dependency of every module that
+// requires svcwatch.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	// One context for every command: watch runs until it ends, bench cleans up
+	// its keys when it ends early.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}

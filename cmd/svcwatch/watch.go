@@ -1,0 +1,147 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/svcwatch/svcwatch"
+)
+
+func watchCommand() *command {
+	return &command{
+		name:    "watch",
+		args:    "TABLE...",
+		summary: "print one line per discovery event of the tables (existing instances first, as adds) until interrupted",
+		run:     runWatch,
+	}
+}
+
+// watchEvent is one line of `svcwatch -json watch`.
+type watchEvent struct {
+	Time         string         `json:"time"` // local clock, when the handler ran
+	Event        string         `json:"event"`
+	Key          string         `json:"key"`
+	Table        string         `json:"table"`
+	ID           string         `json:"id"`
+	Name         string         `json:"name"`
+	Incarnation  string         `json:"incarnation"`
+	Desc         string         `json:"desc"`
+	RegisteredAt string         `json:"registered_at"` // server clock
+	Old          *watchInstance `json:"old,omitempty"` // update only
+}
+
+type watchInstance struct {
+	Name string `json:"name"`
+	Desc string `json:"desc"`
+}
+
+// eventPrinter is the watcher's handler. The library calls it from one
+// goroutine, so writes never interleave.
+type eventPrinter struct {
+	out  io.Writer
+	json bool
+	now  func() time.Time
+	err  error // first write error; printing stops after it
+}
+
+func (p *eventPrinter) OnAdd(inst svcwatch.Instance) { p.print("add", inst, nil) }
+func (p *eventPrinter) OnUpdate(old, cur svcwatch.Instance) {
+	p.print("update", cur, &watchInstance{Name: old.Name, Desc: old.Desc})
+}
+func (p *eventPrinter) OnRemove(inst svcwatch.Instance) { p.print("remove", inst, nil) }
+
+func (p *eventPrinter) print(op string, inst svcwatch.Instance, old *watchInstance) {
+	if p.err != nil {
+		return
+	}
+	ts := p.now().UTC().Format(timeFormat)
+	if p.json {
+		ev := watchEvent{
+			Time: ts, Event: op, Key: inst.Key(), Table: inst.Table, ID: inst.ID,
+			Name: inst.Name, Incarnation: inst.Incarnation, Desc: inst.Desc, Old: old,
+		}
+		if !inst.RegisteredAt.IsZero() {
+			ev.RegisteredAt = inst.RegisteredAt.UTC().Format(timeFormat)
+		}
+		b, _ := json.Marshal(ev) // strings only: cannot fail
+		_, p.err = p.out.Write(append(b, '\n'))
+		return
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s %s name=%s inc=%s desc=%s", ts, op, inst.Key(), inst.Name, inst.Incarnation, quoteIfNeeded(inst.Desc))
+	if old != nil && old.Name != inst.Name {
+		fmt.Fprintf(&b, " old-name=%s", old.Name)
+	}
+	b.WriteByte('\n')
+	_, p.err = io.WriteString(p.out, b.String())
+}
+
+// quoteIfNeeded keeps a desc on one line and in one field: quoted when it has
+// white space or control characters, as is otherwise (JSON stays readable).
+func quoteIfNeeded(s string) string {
+	if s == "" {
+		return `""`
+	}
+	if strings.IndexFunc(s, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
+		return strconv.Quote(s)
+	}
+	return s
+}
+
+func runWatch(ctx context.Context, g *globalOpts, fs *flag.FlagSet, out, errOut io.Writer) error {
+	tables := fs.Args()
+	if len(tables) == 0 {
+		return usagef("needs at least one TABLE")
+	}
+	for _, t := range tables {
+		if err := checkTableArg(t); err != nil {
+			return err
+		}
+	}
+	c, err := g.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+
+	p := &eventPrinter{out: out, json: g.json, now: time.Now}
+	w, err := svcwatch.NewRedisServiceWatcher(c, svcwatch.Instance{Table: tables[0]},
+		svcwatch.WatchOnly(),
+		svcwatch.WithTables(tables[1:]...),
+		svcwatch.WithKeyPrefix(g.prefix),
+		svcwatch.WithHandler(p),
+		// The library's warnings (Redis gone, unreadable data) belong on stderr
+		// next to the events.
+		svcwatch.WithLogger(slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: slog.LevelWarn}))),
+	)
+	if errors.Is(err, svcwatch.ErrInvalid) {
+		return usageError{err.Error()}
+	}
+	if err != nil {
+		return err
+	}
+	// Start keeps retrying while Redis is away, until the interrupt.
+	if err := w.Start(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // interrupted while starting
+		}
+		return err
+	}
+	fmt.Fprintf(errOut, "svcwatch: watching %s on %s; interrupt to stop\n", strings.Join(w.Tables(), ", "), g.target())
+	<-ctx.Done()
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := w.Stop(sctx); err != nil {
+		return err
+	}
+	return p.err
+}

@@ -64,9 +64,10 @@ type connPeer[C io.Closer] struct {
 	addr   string        // inst.Name, readable without the lock
 
 	// Guarded by ConnManager.mu.
-	inst  Instance
-	conn  C
-	ready bool // conn is published to Get
+	inst       Instance
+	conn       C
+	ready      bool // conn is published to Get
+	connecting bool // the OnConnect hook is running with a fresh conn
 }
 
 type connConfig struct {
@@ -230,13 +231,14 @@ func (m *ConnManager[C]) Get(key string) (C, bool) {
 // returning it at once, the peer's goroutine closes it (OnDisconnect gets
 // ErrConnInvalidated) and redials after a backoff for as long as the peer stays
 // registered. It acts on whichever connection is current, so call it right
-// after the failure, not later. It is a no-op for an unknown key or a peer that
-// is not connected.
+// after the failure, not later. Called from the OnConnect hook (a failed
+// handshake), it keeps that connection from ever being published. It is a no-op
+// for an unknown key or a peer that is not connected.
 func (m *ConnManager[C]) Invalidate(key string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	p := m.peers[key]
-	if p == nil || !p.ready {
+	if p == nil || !(p.ready || p.connecting) {
 		return
 	}
 	p.ready = false
@@ -349,6 +351,7 @@ func (m *ConnManager[C]) run(key string, p *connPeer[C], prev <-chan struct{}) {
 		<-prev
 	}
 	attempt := 0
+	failing := false // within a streak of failed dials
 	for p.ctx.Err() == nil {
 		c, err := m.dialOnce(p)
 		if err != nil {
@@ -356,12 +359,14 @@ func (m *ConnManager[C]) run(key string, p *connPeer[C], prev <-chan struct{}) {
 				return
 			}
 			lvl := slog.LevelDebug
-			if attempt == 0 {
+			if !failing {
 				lvl = slog.LevelWarn // once per streak: a dead peer retries for as long as it is registered
+				failing = true
 			}
 			m.cfg.logger.Log(context.Background(), lvl, "svcwatch: dial failed",
 				"peer", key, "addr", p.addr, "attempt", attempt+1, "err", err)
 		} else {
+			failing = false
 			connectedAt := time.Now()
 			if !m.serve(key, p, c) {
 				return
@@ -402,13 +407,25 @@ func (m *ConnManager[C]) serve(key string, p *connPeer[C], c C) (invalidated boo
 		m.closeConn(key, p.addr, c)
 		return false
 	}
-	m.mu.RLock()
+	m.mu.Lock()
 	inst := p.inst
-	m.mu.RUnlock()
+	p.connecting = true
+	m.mu.Unlock()
 	if m.cfg.onConnect != nil {
 		m.cfg.onConnect(inst, c)
 	}
 	m.mu.Lock()
+	p.connecting = false
+	select {
+	case <-p.kick: // invalidated by the hook: never publish it
+		inst = p.inst
+		m.mu.Unlock()
+		m.closeConn(key, p.addr, c)
+		m.cfg.logger.Info("svcwatch: connection invalidated, redialing", "peer", key, "addr", p.addr)
+		m.disconnected(inst, ErrConnInvalidated)
+		return true
+	default:
+	}
 	if p.ctx.Err() != nil {
 		// Removed while the hook ran; the hook saw the conn, so pair it.
 		inst = p.inst

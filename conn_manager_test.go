@@ -432,6 +432,66 @@ func TestConnManagerInvalidateRedials(t *testing.T) {
 	}
 }
 
+// A handshake that fails in OnConnect: Invalidate from the hook keeps that
+// connection from ever being published, and the peer is redialed.
+func TestConnManagerInvalidateFromOnConnect(t *testing.T) {
+	connLeakCheck(t)
+	srv := startServer(t, "127.0.0.1:0")
+	var d tcpDialer
+	var m *ConnManager[net.Conn]
+	var first atomic.Value // the conn whose handshake "failed"
+	var disconnects atomic.Int64
+	m = newTestManager(t, &d,
+		WithOnConnect(func(inst Instance, c io.Closer) {
+			if first.CompareAndSwap(nil, c) {
+				m.Invalidate(inst.Key())
+			}
+		}),
+		WithOnDisconnect(func(_ Instance, err error) {
+			if errors.Is(err, ErrConnInvalidated) {
+				disconnects.Add(1)
+			}
+		}))
+	p := peer("a", srv.addr)
+	m.OnAdd(p)
+	expectEOF(t, srv.next(t)) // the first conn is closed without ever being used
+	c := waitConn(t, m, p.Key(), nil)
+	srv.next(t)
+	if c == first.Load() {
+		t.Fatal("Get returned the conn invalidated in OnConnect")
+	}
+	if d.calls.Load() < 2 || disconnects.Load() != 1 {
+		t.Fatalf("dials %d, invalidated disconnects %d; want a redial after one", d.calls.Load(), disconnects.Load())
+	}
+}
+
+// A peer whose connection breaks and never comes back is warned about once.
+func TestConnManagerWarnsOncePerFailingStreak(t *testing.T) {
+	connLeakCheck(t)
+	srv := startServer(t, "127.0.0.1:0")
+	var d tcpDialer
+	logs := &logCounter{}
+	m := newTestManager(t, &d, WithConnLogger(logs.logger()))
+	p := peer("a", srv.addr)
+	m.OnAdd(p)
+	waitConn(t, m, p.Key(), nil)
+	srv.stop()
+	m.Invalidate(p.Key())
+	waitFor(t, "several failed redials", func() bool { return d.fails.Load() >= 3 })
+	if got := logs.count("dial failed"); got < 3 {
+		t.Fatalf("dial failures logged %d times, want every one (Warn once, then Debug)", got)
+	}
+	warns := 0
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "dial failed") && strings.Contains(line, "level=WARN") {
+			warns++
+		}
+	}
+	if warns != 1 {
+		t.Fatalf("%d warnings for one streak of failures, want 1:\n%s", warns, logs)
+	}
+}
+
 func TestConnManagerRedialAfterListenerReturns(t *testing.T) {
 	connLeakCheck(t)
 	srv := startServer(t, "127.0.0.1:0")

@@ -170,6 +170,9 @@ func (w *RedisServiceWatcher) Start(ctx context.Context) error {
 	}
 	if err != nil {
 		w.mu.Lock()
+		if w.state == stateStopped {
+			err = ErrStopped // Stop ran meanwhile and ended the attempt
+		}
 		w.state = stateStopped
 		w.mu.Unlock()
 		// ctx may be over; deregistering still deserves a bounded try.

@@ -23,6 +23,8 @@ type storedRecord struct {
 type changeMessage struct {
 	Epoch string `json:"e"`
 	Rev   int64  `json:"r"`
+	Prev  string `json:"p"`  // token of the change before this one
+	Tok   string `json:"t"`  // this change's token
 	Op    string `json:"op"` // add, update, del, expired
 	ID    string `json:"id"`
 	Rec   string `json:"rec"` // the record, on add and update

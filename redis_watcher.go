@@ -94,13 +94,21 @@ type tableSync struct {
 	loaded         bool
 	epoch          string
 	rev            int64
+	tok            string // token of the latest change applied: (epoch, rev, tok) is the position
+	// history maps the latest revisions applied to their tokens, so that a
+	// message or a read that names one of them with another token shows a
+	// history rewritten under the same epoch; diverged records that until the
+	// next read.
+	history  map[int64]string
+	diverged bool
 	// holdExpiredUntil: after a new epoch, expiry removals are held back until then.
 	holdExpiredUntil time.Time
 	// reloadAt: when a pending reload is due (zero: none); it is skipped if the
-	// view reaches (wantEpoch, wantRev) first, and never skipped when force is set.
+	// view reaches (wantEpoch, wantRev, wantTok) first, and never when force is set.
 	reloadAt  time.Time
 	wantEpoch string
 	wantRev   int64
+	wantTok   string
 	force     bool
 }
 
@@ -625,7 +633,7 @@ func (w *RedisServiceWatcher) onPubSub(m interface{}) {
 		// A re-subscription: messages may have been lost while it was down.
 		// Jittered, so that a cluster-wide reconnect does not become a reload storm.
 		w.log.Info("svcwatch: subscription re-established; reading the table again", "table", ts.table)
-		ts.scheduleReload(w.clock.Now().Add(w.reconnectJitter()), "", 0, true)
+		ts.scheduleReload(w.clock.Now().Add(w.reconnectJitter()), "", 0, "", true)
 	case *redis.Message:
 		w.applyMessage(w.tableOfChannel(m.Channel), m.Payload)
 	}
@@ -639,20 +647,35 @@ func (w *RedisServiceWatcher) reconnectJitter() time.Duration {
 	return time.Duration(mrand.Int63n(int64(max) + 1))
 }
 
+// historySize bounds tableSync.history: a read older than this many changes is
+// not told apart from a rewritten history (and only holds removals back).
+const historySize = 256
+
+// remember makes (rev, tok) the position held. Caller holds mu.
+func (ts *tableSync) remember(rev int64, tok string) {
+	if ts.history == nil {
+		ts.history = make(map[int64]string)
+	}
+	ts.rev, ts.tok = rev, tok
+	ts.history[rev] = tok
+	delete(ts.history, rev-historySize)
+}
+
 // scheduleReload asks for a reload at or before at. Caller holds mu.
-func (ts *tableSync) scheduleReload(at time.Time, epoch string, rev int64, force bool) {
+func (ts *tableSync) scheduleReload(at time.Time, epoch string, rev int64, tok string, force bool) {
 	if ts.reloadAt.IsZero() || at.Before(ts.reloadAt) {
 		ts.reloadAt = at
 	}
 	if force {
 		ts.force = true
 	} else {
-		ts.wantEpoch, ts.wantRev = epoch, rev
+		ts.wantEpoch, ts.wantRev, ts.wantTok = epoch, rev, tok
 	}
 }
 
-// applyMessage applies one change if it is the next revision of the epoch held;
-// anything else (a gap, a new epoch, an unreadable message) makes it reload.
+// applyMessage applies one change if it is the next revision of the epoch held
+// and follows the change held; anything else (a gap, a new epoch, a rewritten
+// history, an unreadable message) makes it reload.
 func (w *RedisServiceWatcher) applyMessage(table, payload string) {
 	m, err := decodeMessage(payload)
 	w.mu.Lock()
@@ -664,17 +687,22 @@ func (w *RedisServiceWatcher) applyMessage(table, payload string) {
 	now := w.clock.Now()
 	if err != nil {
 		w.logBadOnce(table, "", payload, err)
-		ts.scheduleReload(now, "", 0, true)
+		ts.scheduleReload(now, "", 0, "", true)
 		return
 	}
 	if m.Epoch == ts.epoch && m.Rev <= ts.rev {
-		return // already in the view
+		if tok, ok := ts.history[m.Rev]; ok && tok != m.Tok {
+			ts.diverged = true
+			ts.scheduleReload(now, "", 0, "", true)
+		}
+		return // already in the view (a read overtook the message)
 	}
-	if m.Epoch != ts.epoch || m.Rev != ts.rev+1 {
-		ts.scheduleReload(now, "", 0, true)
+	if m.Epoch != ts.epoch || m.Rev != ts.rev+1 || m.Prev != ts.tok {
+		ts.diverged = ts.diverged || (m.Epoch == ts.epoch && m.Rev == ts.rev+1)
+		ts.scheduleReload(now, "", 0, "", true)
 		return
 	}
-	ts.rev = m.Rev
+	ts.remember(m.Rev, m.Tok)
 	switch m.Op {
 	case "add", "update":
 		inst, err := decodeRecord(table, m.ID, m.Rec, w.cfg.maxDesc)
@@ -724,15 +752,22 @@ func (w *RedisServiceWatcher) scan(ctx context.Context) {
 		}
 		res, err := cmds[i].Slice()
 		w.noteRoundTrip(err)
-		if err != nil || len(res) != 2 {
+		if err != nil || len(res) != 3 {
 			continue
 		}
 		epoch, _ := res[0].(string)
 		rev, _ := res[1].(int64)
+		tok, _ := res[2].(string)
 		w.mu.Lock()
-		if epoch != ts.epoch || rev != ts.rev {
-			// Messages in flight may close the gap before the reload is due.
-			ts.scheduleReload(w.clock.Now().Add(w.cfg.scan/8), epoch, rev, epoch != ts.epoch || rev < ts.rev)
+		if epoch != ts.epoch || rev != ts.rev || tok != ts.tok {
+			// Messages in flight may close a forward gap before the reload is due;
+			// anything else (a new epoch, a revision that went back or that names
+			// another change) needs the read.
+			forward := epoch == ts.epoch && rev > ts.rev
+			if epoch == ts.epoch && !forward {
+				ts.diverged = true
+			}
+			ts.scheduleReload(w.clock.Now().Add(w.cfg.scan/8), epoch, rev, tok, !forward)
 		} else {
 			w.MarkSynced()
 		}
@@ -749,7 +784,7 @@ func (w *RedisServiceWatcher) reloadDue(ctx context.Context) time.Time {
 	for _, ts := range w.syncs {
 		switch {
 		case ts.reloadAt.IsZero():
-		case !ts.force && ts.epoch == ts.wantEpoch && ts.rev >= ts.wantRev:
+		case !ts.force && ts.epoch == ts.wantEpoch && ts.rev == ts.wantRev && ts.tok == ts.wantTok:
 			ts.reloadAt = time.Time{} // messages caught up
 		case !ts.reloadAt.After(now):
 			due = append(due, ts)
@@ -791,12 +826,13 @@ func (w *RedisServiceWatcher) loadTable(ctx context.Context, ts *tableSync) erro
 	if err != nil {
 		return fmt.Errorf("svcwatch: load %s: %w", ts.table, err)
 	}
-	if len(res) != 4 {
+	if len(res) != 5 {
 		return fmt.Errorf("svcwatch: load %s: unexpected reply of %d items", ts.table, len(res))
 	}
 	epoch, _ := res[0].(string)
 	rev, _ := res[1].(int64)
 	flat, _ := res[3].([]interface{})
+	tok, _ := res[4].(string)
 	insts := make([]Instance, 0, len(flat)/3)
 	for i := 0; i+2 < len(flat); i += 3 {
 		id, _ := flat[i].(string)
@@ -812,21 +848,29 @@ func (w *RedisServiceWatcher) loadTable(ctx context.Context, ts *tableSync) erro
 
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if ts.loaded && epoch == ts.epoch && rev < ts.rev {
+	sameEpoch := ts.loaded && epoch == ts.epoch
+	if sameEpoch && rev < ts.rev && ts.history[rev] == tok {
 		return nil // messages got ahead of this read; the view is newer already
 	}
+	newEpoch := ts.loaded && ts.epoch != "" && epoch != ts.epoch
+	rewritten := ts.diverged || (sameEpoch && rev <= ts.rev && ts.history[rev] != tok)
 	var hold time.Time
-	if ts.loaded && ts.epoch != "" && epoch != ts.epoch {
-		// Redis lost or restored the table's data. The processes that are alive
-		// register again within a keepalive interval; until one TTL has passed,
-		// a missing or expiring instance is more likely lost data than dead.
-		// (A table that had no epoch yet is simply new.)
+	if newEpoch || rewritten {
+		// Redis lost, restored or rolled back the table's data (an empty restart,
+		// a restore, a failover to a replica that missed writes). The processes
+		// that are alive register again within a keepalive interval; until one
+		// TTL has passed, a missing or expiring instance is more likely lost data
+		// than dead. (A table that had no epoch yet is simply new.)
 		hold = w.clock.Now().Add(w.cfg.ttl)
 		ts.holdExpiredUntil = hold
-		w.log.Warn("svcwatch: table epoch changed (Redis data lost or restored); holding back removals for one TTL",
-			"table", ts.table, "ttl", w.cfg.ttl)
+		w.log.Warn("svcwatch: table data lost, restored or rolled back; holding back removals for one TTL",
+			"table", ts.table, "ttl", w.cfg.ttl, "new_epoch", newEpoch)
 	}
-	ts.epoch, ts.rev = epoch, rev
+	if newEpoch || rewritten || ts.epoch != epoch {
+		ts.history = nil
+	}
+	ts.epoch, ts.diverged = epoch, false
+	ts.remember(rev, tok)
 	ts.reloadAt, ts.force = time.Time{}, false
 	w.ReplaceTable(ts.table, insts, hold)
 	if !ts.loaded {

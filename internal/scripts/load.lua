@@ -1,5 +1,5 @@
--- A full, atomic read: {epoch, revision, server ms, {id, record, deadline, ...}}
--- with only the entries whose deadline is still ahead.
+-- A full, atomic read: {epoch, revision, server ms, {id, record, deadline, ...},
+-- token of the latest change} with only the entries whose deadline is ahead.
 local live = redis.call('ZRANGEBYSCORE', kExp, '(' .. now, '+inf', 'WITHSCORES')
 local out = {}
 for i = 1, #live, 2 do
@@ -10,4 +10,5 @@ for i = 1, #live, 2 do
     out[#out + 1] = live[i + 1]
   end
 end
-return {redis.call('GET', kEpoch) or '', tonumber(redis.call('GET', kRev) or 0) or 0, now, out}
+return {redis.call('GET', kEpoch) or '', tonumber(redis.call('GET', kRev) or 0) or 0, now, out,
+  redis.call('HGET', kMeta, 'tok') or ''}

@@ -1,7 +1,8 @@
 -- Shared head of every svcwatch script. All keys are of one table and carry its
 -- hash tag, so they live in one Cluster slot.
 -- KEYS: 1 inst (HASH id -> record), 2 exp (ZSET id -> deadline ms), 3 rev, 4 epoch,
---       5 meta (HASH: last = server ms of the latest call, guard = of the latest guard)
+--       5 meta (HASH: last = server ms of the latest call, guard = of the latest guard,
+--       tok = the token of the latest change)
 -- ARGV: 1 channel, 2 silence ms (half the caller's TTL), 3 reap limit,
 --       4 epoch candidate (set if the epoch is missing when something is written)
 local kInst, kExp, kRev, kEpoch, kMeta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -18,11 +19,18 @@ local function epoch()
   return e
 end
 
--- publish bumps the revision and tells the watchers about one change.
+-- publish bumps the revision and tells the watchers about one change. Each
+-- change also gets a unique token and names the token of the change before it,
+-- so a watcher notices a history that was rolled back and rewritten under the
+-- same epoch (a failover to a replica that missed the latest writes), which
+-- revision numbers alone would hide.
 local function publish(op, id, rec)
   local rev = redis.call('INCR', kRev)
-  local msg = '{"e":' .. cjson.encode(epoch()) .. ',"r":' .. rev .. ',"op":"' .. op ..
-    '","id":' .. cjson.encode(id)
+  local prev = redis.call('HGET', kMeta, 'tok') or ''
+  local tok = epochCand .. '.' .. rev
+  redis.call('HSET', kMeta, 'tok', tok)
+  local msg = '{"e":' .. cjson.encode(epoch()) .. ',"r":' .. rev .. ',"p":' .. cjson.encode(prev) ..
+    ',"t":' .. cjson.encode(tok) .. ',"op":"' .. op .. '","id":' .. cjson.encode(id)
   if rec then msg = msg .. ',"rec":' .. cjson.encode(rec) end
   redis.call('PUBLISH', channel, msg .. '}')
   return rev

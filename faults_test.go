@@ -26,7 +26,9 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv(childEnv); spec != "" {
 		os.Exit(runChild(spec))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	shutdownShared() // the Cluster and Sentinel shared by the suite (cluster_test.go)
+	os.Exit(code)
 }
 
 // runChild registers one instance and heartbeats until it is killed.

@@ -58,7 +58,8 @@ func miniBackend(t testing.TB) *backend {
 	}
 }
 
-// forEachBackend runs f as a subtest on miniredis and on a real redis-server.
+// forEachBackend runs f as a subtest on miniredis, on a real redis-server, and on
+// Redis Cluster and Sentinel.
 func forEachBackend(t *testing.T, f func(t *testing.T, b *backend)) {
 	t.Run("miniredis", func(t *testing.T) { f(t, miniBackend(t)) })
 	t.Run("redis", func(t *testing.T) { f(t, realBackend(t)) })
@@ -66,6 +67,10 @@ func forEachBackend(t *testing.T, f func(t *testing.T, b *backend)) {
 	// and channels.
 	t.Run("redis-acl", func(t *testing.T) { f(t, aclBackend(t, DefaultKeyPrefix)) })
 	t.Run("redis-acl-prefix", func(t *testing.T) { f(t, aclBackend(t, "studio7")) })
+	// One shared Cluster and one shared Sentinel setup (cluster_test.go,
+	// sentinel_test.go), a key prefix of its own per subtest.
+	t.Run("redis-cluster", func(t *testing.T) { f(t, clusterBackend(t)) })
+	t.Run("redis-sentinel", func(t *testing.T) { f(t, sentinelBackend(t)) })
 }
 
 // checkLeaks fails t if goroutines started during the test outlive it. Call it
@@ -113,6 +118,12 @@ func (r *recorder) note(e event) {
 	r.mu.Lock()
 	r.inCall = false
 	r.mu.Unlock()
+}
+
+func (r *recorder) overlappedCalls() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.overlapped
 }
 
 func (r *recorder) OnAdd(inst Instance)        { r.note(event{op: "add", inst: inst}) }

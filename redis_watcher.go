@@ -50,10 +50,12 @@ type RedisServiceWatcher struct {
 
 	connected  atomic.Bool
 	downLogged atomic.Bool // a "does not answer" was logged and not yet taken back
-	registered atomic.Bool
-	heartbeats atomic.Uint64
-	rereg      atomic.Uint64
-	badSeen    sync.Map // fingerprints of unreadable data already logged
+	// slotsRefreshed: when the Cluster slot map was last reloaded (unix ns).
+	slotsRefreshed atomic.Int64
+	registered     atomic.Bool
+	heartbeats     atomic.Uint64
+	rereg          atomic.Uint64
+	badSeen        sync.Map // fingerprints of unreadable data already logged
 }
 
 type watcherState int
@@ -576,6 +578,26 @@ func (w *RedisServiceWatcher) noteRoundTrip(err error) {
 	case !ok && !w.downLogged.Swap(true):
 		w.log.Warn("svcwatch: Redis does not answer; keeping the last view", "err", err)
 	}
+	if !ok {
+		w.refreshClusterSlots()
+	}
+}
+
+// refreshClusterSlots asks a ClusterClient to read the slot map again, at most
+// once per keepalive interval. go-redis refreshes it on MOVED or every 10 s, but
+// not when a dead master refuses connections: without this, watchers of its
+// slots would wait out the 10 s after the replica took over.
+func (w *RedisServiceWatcher) refreshClusterSlots() {
+	cc, ok := w.client.(*redis.ClusterClient)
+	if !ok {
+		return
+	}
+	now := w.clock.Now().UnixNano()
+	last := w.slotsRefreshed.Load()
+	if now-last < int64(w.cfg.keepAlive) || !w.slotsRefreshed.CompareAndSwap(last, now) {
+		return
+	}
+	cc.ReloadState(context.Background())
 }
 
 // syncLoop owns the subscription's messages, the safety-net scan and reloads.

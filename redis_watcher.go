@@ -156,6 +156,10 @@ func (w *RedisServiceWatcher) Start(ctx context.Context) error {
 	run := &running{syncDone: make(chan struct{}), hbDone: make(chan struct{})}
 	run.ctx, run.cancel = context.WithCancel(context.Background())
 	run.hbCtx, run.hbCancel = context.WithCancel(run.ctx)
+	// Made before w.run is visible, so that a concurrent Stop finds it whole;
+	// the PubSub connects in the background.
+	run.pubsub = w.client.Subscribe(run.ctx)
+	run.msgs = run.pubsub.ChannelWithSubscriptions(redis.WithChannelSize(1024))
 	w.run = run
 	var syncs []*tableSync
 	for _, t := range w.Tables() {
@@ -164,8 +168,6 @@ func (w *RedisServiceWatcher) Start(ctx context.Context) error {
 	w.mu.Unlock()
 
 	w.StartEvents()
-	run.pubsub = w.client.Subscribe(run.ctx)
-	run.msgs = run.pubsub.ChannelWithSubscriptions(redis.WithChannelSize(1024))
 	go w.syncLoop(run)
 
 	err := w.start(ctx, run, syncs)
@@ -189,6 +191,10 @@ func (w *RedisServiceWatcher) Start(ctx context.Context) error {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*w.cfg.keepAlive)
 		defer cancel()
 		w.shutdown(sctx, run)
+		if self := w.Self(); !w.cfg.watchOnly && self.Incarnation != "" {
+			// A concurrent Stop may have deregistered before our register landed.
+			_ = w.deregister(sctx, self)
+		}
 		_ = w.StopEvents(sctx)
 		return err
 	}

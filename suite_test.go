@@ -354,3 +354,35 @@ func TestHandlerPanicIsRecovered(t *testing.T) {
 		}
 	})
 }
+
+func TestStopDuringStart(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		checkLeaks(t)
+		for i := 0; i < 5; i++ {
+			w, err := NewRedisServiceWatcher(b.client(t), Instance{Table: gameTable, ID: "s", Name: "127.0.0.1:1"},
+				append([]Option{WithTTL(b.ttl), WithKeepAliveInterval(b.keepAlive), WithLogger(quietLogger())}, b.opts...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			started := make(chan error, 1)
+			go func() { started <- w.Start(context.Background()) }()
+			if err := w.Stop(context.Background()); err != nil {
+				t.Fatalf("Stop during Start: %v", err)
+			}
+			if err := <-started; err != nil && !errors.Is(err, ErrStopped) {
+				t.Fatalf("Start ended by Stop = %v, want nil or ErrStopped", err)
+			}
+			if err := w.Stop(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Whatever the interleaving, nothing is left registered.
+		obs, err := b.startNode(t, Instance{Table: gameTable}, WatchOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := obs.w.Services(gameTable); len(got) != 0 {
+			t.Errorf("left registered: %v", got)
+		}
+	})
+}

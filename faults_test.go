@@ -26,10 +26,16 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv(childEnv); spec != "" {
 		os.Exit(runChild(spec))
 	}
+	// go-redis logs every failed dial; the fault tests make thousands on purpose.
+	redis.SetLogger(quietRedisLog{})
 	code := m.Run()
 	shutdownShared() // the Cluster and Sentinel shared by the suite (cluster_test.go)
 	os.Exit(code)
 }
+
+type quietRedisLog struct{}
+
+func (quietRedisLog) Printf(context.Context, string, ...interface{}) {}
 
 // runChild registers one instance and heartbeats until it is killed.
 func runChild(spec string) int {

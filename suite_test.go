@@ -236,6 +236,11 @@ func TestDuplicateID(t *testing.T) {
 		if !errors.Is(err, ErrDuplicateID) {
 			t.Fatalf("second Start = %v, want ErrDuplicateID", err)
 		}
+		// Behind NAT the same address does not mean the same process.
+		_, err = b.startNode(t, Instance{Table: gameTable, ID: "dup", Name: first.w.Self().Name}, WithoutRestartReplace())
+		if !errors.Is(err, ErrDuplicateID) {
+			t.Fatalf("Start with the same address and WithoutRestartReplace = %v, want ErrDuplicateID", err)
+		}
 		got, ok := peer.w.Lookup(gameTable, "dup")
 		if !ok || got.Incarnation != first.w.Self().Incarnation {
 			t.Fatalf("holder changed: %+v", got)

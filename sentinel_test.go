@@ -33,14 +33,10 @@ func sentinelClient(t testing.TB, s *redistest.Sentinel) *redis.Client {
 	return s.Client(t, func(o *redis.FailoverOptions) { o.ContextTimeoutEnabled = true })
 }
 
-// SENTINEL FAILOVER while three watchers run: the replica becomes master, the
-// failover clients follow it, every watcher is registered on the new master,
-// views converge, nobody alive is reported removed, and changes flow again.
-func TestSentinelFailover(t *testing.T) {
-	// A setup of its own: the shared one must not change under the suite.
-	checkLeaks(t)
-	s := redistest.StartSentinel(t, "svcwatch-failover")
-	b := &backend{
+// failoverBackend is a backend on s with the fast settings of the failover tests
+// and a prefix of its own.
+func failoverBackend(s *redistest.Sentinel) *backend {
+	return &backend{
 		name: "redis-sentinel",
 		client: func(t testing.TB) redis.UniversalClient {
 			return s.Client(t, func(o *redis.FailoverOptions) {
@@ -51,6 +47,16 @@ func TestSentinelFailover(t *testing.T) {
 		ttl: 2 * time.Second, keepAlive: 400 * time.Millisecond,
 		opts: []Option{WithKeyPrefix(uniquePrefix())},
 	}
+}
+
+// SENTINEL FAILOVER while three watchers run: the replica becomes master, the
+// failover clients follow it, every watcher is registered on the new master,
+// views converge, nobody alive is reported removed, and changes flow again.
+func TestSentinelFailover(t *testing.T) {
+	// A setup of its own: the shared one must not change under the suite.
+	checkLeaks(t)
+	s := redistest.StartSentinel(t, "svcwatch-failover")
+	b := failoverBackend(s)
 	prefix := prefixOf(b)
 	logs := &logCounter{}
 	nodes := []*node{
@@ -142,17 +148,7 @@ func TestSentinelFailover(t *testing.T) {
 func TestSentinelMasterKilled(t *testing.T) {
 	checkLeaks(t)
 	s := redistest.StartSentinel(t, "svcwatch-killed")
-	b := &backend{
-		name: "redis-sentinel",
-		client: func(t testing.TB) redis.UniversalClient {
-			return s.Client(t, func(o *redis.FailoverOptions) {
-				o.ContextTimeoutEnabled = true
-				o.DialTimeout = 200 * time.Millisecond
-			})
-		},
-		ttl: 2 * time.Second, keepAlive: 400 * time.Millisecond,
-		opts: []Option{WithKeyPrefix(uniquePrefix())},
-	}
+	b := failoverBackend(s)
 	prefix := prefixOf(b)
 	nodes := []*node{b.newNode(t, gameTable, "a"), b.newNode(t, gameTable, "b"), b.newNode(t, gameTable, "c")}
 	converge(t, nodes, gameTable, "a,b,c")

@@ -210,7 +210,7 @@ func (w *RedisServiceWatcher) start(ctx context.Context, run *running, syncs []*
 		return err
 	}
 	if !w.cfg.watchOnly {
-		w.setSelf(func(s *Instance) { s.Incarnation = newToken() })
+		w.SetRegistration(newToken(), time.Time{})
 		err := retry(ctx, "register", func(ctx context.Context) error { return w.register(ctx) })
 		if err != nil {
 			return err
@@ -405,13 +405,13 @@ func (w *RedisServiceWatcher) SetDesc(ctx context.Context, desc string) error {
 	case stateStopped:
 		return ErrStopped
 	case stateNew:
-		w.setSelf(func(s *Instance) { s.Desc = desc })
+		w.SetSelfDesc(desc)
 		return nil
 	}
 	w.regMu.Lock()
 	defer w.regMu.Unlock()
 	prev := w.Self().Desc
-	w.setSelf(func(s *Instance) { s.Desc = desc })
+	w.SetSelfDesc(desc)
 	self := w.Self()
 	res, err := w.eval(ctx, scriptUpdate, w.selfSync(), self.ID, self.Incarnation, self.Name, desc, w.cfg.ttl.Milliseconds()).Text()
 	if err == nil && res == "missing" {
@@ -420,7 +420,7 @@ func (w *RedisServiceWatcher) SetDesc(ctx context.Context, desc string) error {
 		err = fmt.Errorf("%w: %s", ErrReplaced, self.Key())
 	}
 	if err != nil {
-		w.setSelf(func(s *Instance) { s.Desc = prev })
+		w.SetSelfDesc(prev)
 		return w.stoppedOr(fmt.Errorf("svcwatch: set desc: %w", err))
 	}
 	return nil
@@ -483,7 +483,7 @@ func (w *RedisServiceWatcher) registerLocked(ctx context.Context) error {
 		return fmt.Errorf("%w: %s is held by a live process at %q", ErrDuplicateID, self.Key(), holder)
 	}
 	regAt, _ = res[1].(int64)
-	w.setSelf(func(s *Instance) { s.RegisteredAt = time.UnixMilli(regAt) })
+	w.SetRegistration(self.Incarnation, time.UnixMilli(regAt))
 	w.registered.Store(true)
 	return nil
 }

@@ -298,6 +298,16 @@ func (w *ServiceWatcher) addTable(table string) bool {
 	return true
 }
 
+// SetRegistration records self's current incarnation and the (server) time it
+// registered; a backend calls it as it registers. Self reports them.
+func (w *ServiceWatcher) SetRegistration(incarnation string, at time.Time) {
+	w.setSelf(func(s *Instance) { s.Incarnation, s.RegisteredAt = incarnation, at })
+}
+
+// SetSelfDesc records self's Desc; a backend calls it once the new Desc is
+// stored (or, before Start, to have it registered).
+func (w *ServiceWatcher) SetSelfDesc(desc string) { w.setSelf(func(s *Instance) { s.Desc = desc }) }
+
 func (w *ServiceWatcher) setSelf(f func(*Instance)) {
 	w.mu.Lock()
 	defer w.mu.Unlock()

@@ -46,7 +46,10 @@ type RedisServiceWatcher struct {
 	run   *running
 	syncs map[string]*tableSync
 
-	regMu sync.Mutex // serialises register and update calls of self
+	// regLock (capacity 1) serialises the calls that write self: register,
+	// update and deregister, so that a deregister can never be overtaken by a
+	// register in flight. A channel, so that waiting for it honours a context.
+	regLock chan struct{}
 
 	connected  atomic.Bool
 	downLogged atomic.Bool // a "does not answer" was logged and not yet taken back
@@ -130,7 +133,8 @@ func NewRedisServiceWatcher(client redis.UniversalClient, self Instance, opts ..
 	if err != nil {
 		return nil, err
 	}
-	return &RedisServiceWatcher{ServiceWatcher: core, client: client, syncs: make(map[string]*tableSync)}, nil
+	return &RedisServiceWatcher{ServiceWatcher: core, client: client, syncs: make(map[string]*tableSync),
+		regLock: make(chan struct{}, 1)}, nil
 }
 
 var _ Watcher = (*RedisServiceWatcher)(nil)
@@ -191,10 +195,6 @@ func (w *RedisServiceWatcher) Start(ctx context.Context) error {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*w.cfg.keepAlive)
 		defer cancel()
 		w.shutdown(sctx, run)
-		if self := w.Self(); !w.cfg.watchOnly && self.Incarnation != "" {
-			// A concurrent Stop may have deregistered before our register landed.
-			_ = w.deregister(sctx, self)
-		}
 		_ = w.StopEvents(sctx)
 		return err
 	}
@@ -365,10 +365,8 @@ func (w *RedisServiceWatcher) shutdown(ctx context.Context, run *running) error 
 			// The heartbeat goes first, so it cannot register again behind us.
 			errs = append(errs, waitDone(ctx, run.hbDone, "heartbeat"))
 		}
-		if self := w.Self(); !w.cfg.watchOnly && self.Incarnation != "" {
-			if err := w.deregister(ctx, self); err != nil {
-				errs = append(errs, err)
-			}
+		if !w.cfg.watchOnly {
+			errs = append(errs, w.deregister(ctx))
 		}
 		run.cancel()
 		errs = append(errs, run.pubsub.Close())
@@ -408,8 +406,10 @@ func (w *RedisServiceWatcher) SetDesc(ctx context.Context, desc string) error {
 		w.SetSelfDesc(desc)
 		return nil
 	}
-	w.regMu.Lock()
-	defer w.regMu.Unlock()
+	if err := w.lockReg(ctx); err != nil {
+		return err
+	}
+	defer w.unlockReg()
 	prev := w.Self().Desc
 	w.SetSelfDesc(desc)
 	self := w.Self()
@@ -452,14 +452,35 @@ func (w *RedisServiceWatcher) scriptArgs(ts *tableSync, args []interface{}) []in
 	return append([]interface{}{ts.channel, (w.cfg.ttl / 2).Milliseconds(), reapLimit, newToken()}, args...)
 }
 
+func (w *RedisServiceWatcher) lockReg(ctx context.Context) error {
+	select {
+	case w.regLock <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (w *RedisServiceWatcher) unlockReg() { <-w.regLock }
+
 // register registers self with its current incarnation.
 func (w *RedisServiceWatcher) register(ctx context.Context) error {
-	w.regMu.Lock()
-	defer w.regMu.Unlock()
+	if err := w.lockReg(ctx); err != nil {
+		return err
+	}
+	defer w.unlockReg()
 	return w.registerLocked(ctx)
 }
 
+// registerLocked registers self unless the watcher is stopped: a Stop that
+// deregistered before this call took the lock must not be undone.
 func (w *RedisServiceWatcher) registerLocked(ctx context.Context) error {
+	w.mu.Lock()
+	stopped := w.state == stateStopped
+	w.mu.Unlock()
+	if stopped {
+		return ErrStopped
+	}
 	self := w.Self()
 	cctx, cancel := context.WithTimeout(ctx, w.callTimeout())
 	defer cancel()
@@ -488,8 +509,18 @@ func (w *RedisServiceWatcher) registerLocked(ctx context.Context) error {
 	return nil
 }
 
-func (w *RedisServiceWatcher) deregister(ctx context.Context, self Instance) error {
+// deregister removes self's entry if this incarnation still owns it. It waits
+// for a register or update in flight, so that it is the last word.
+func (w *RedisServiceWatcher) deregister(ctx context.Context) error {
+	if err := w.lockReg(ctx); err != nil {
+		return fmt.Errorf("svcwatch: deregister: %w", err)
+	}
+	defer w.unlockReg()
 	w.registered.Store(false)
+	self := w.Self()
+	if self.Incarnation == "" {
+		return nil // never tried to register
+	}
 	_, err := w.eval(ctx, scriptDeregister, w.selfSync(), self.ID, self.Incarnation).Result()
 	w.noteRoundTrip(err)
 	if err != nil {
@@ -924,7 +955,7 @@ func retry(ctx context.Context, what string, f func(context.Context) error) erro
 	backoff := 50 * time.Millisecond
 	for {
 		err := f(ctx)
-		if err == nil || errors.Is(err, ErrDuplicateID) || errors.Is(err, ErrInvalid) {
+		if err == nil || errors.Is(err, ErrDuplicateID) || errors.Is(err, ErrInvalid) || errors.Is(err, ErrStopped) {
 			return err
 		}
 		t := time.NewTimer(backoff/2 + time.Duration(mrand.Int63n(int64(backoff/2)+1)))

@@ -76,6 +76,20 @@ type process struct {
 	err  error         // exit status, valid after done
 }
 
+// killWait SIGKILLs the process's whole group (so forked BGSAVE/AOF-rewrite
+// children die too; SIGKILL works on stopped processes) and waits for it.
+func (p *process) killWait() error {
+	if !p.exited() {
+		_ = signalGroup(p.pid, sigKill)
+	}
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(waitTimeout):
+		return fmt.Errorf("pid %d did not exit %v after SIGKILL", p.pid, waitTimeout)
+	}
+}
+
 func (p *process) exited() bool {
 	select {
 	case <-p.done:
@@ -237,15 +251,8 @@ func (s *Server) kill() error {
 	if p == nil {
 		return nil
 	}
-	if !p.exited() {
-		// The whole group, so forked BGSAVE/AOF-rewrite children die too;
-		// SIGKILL works on stopped processes.
-		_ = signalGroup(p.pid, sigKill)
-	}
-	select {
-	case <-p.done:
-	case <-time.After(waitTimeout):
-		return fmt.Errorf("%s (pid %d) did not exit %v after SIGKILL", s.name, p.pid, waitTimeout)
+	if err := p.killWait(); err != nil {
+		return fmt.Errorf("%s: %w", s.name, err)
 	}
 	s.proc = nil
 	s.frozen = false
@@ -343,13 +350,7 @@ func (s *Server) startLocked(pickPorts bool) error {
 			s.proc = p
 			return nil
 		}
-		if !p.exited() {
-			_ = signalGroup(p.pid, sigKill)
-		}
-		select {
-		case <-p.done:
-		case <-time.After(waitTimeout):
-		}
+		_ = p.killWait()
 		if errors.Is(err, errPortBusy) && time.Now().Before(deadline) {
 			if !pickPorts {
 				time.Sleep(100 * time.Millisecond) // wait for the port to be released

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/svcwatch/svcwatch/internal/redistest"
+	"github.com/svcwatch/svcwatch/protocol"
 )
 
 // Benchmarks on a real redis-server (one per test binary, shared by the
@@ -30,8 +31,8 @@ var benchServer sharedSetup[*redistest.Server]
 func benchClient(b *testing.B) redis.UniversalClient {
 	b.Helper()
 	redistest.Require(b)
-	srv := benchServer.get(b, func(tb testing.TB) *redistest.Server {
-		return redistest.StartServer(tb, redistest.ServerOptions{})
+	srv := benchServer.get(b, func() (*redistest.Server, error) {
+		return redistest.NewServer(redistest.ServerOptions{})
 	})
 	c := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
 	b.Cleanup(func() { c.Close() })
@@ -161,13 +162,10 @@ func BenchmarkApplyOneChange(b *testing.B) {
 				if !ok {
 					b.Fatalf("%s not in the view", id)
 				}
-				rec := fmt.Sprintf(`{"inc":%q,"name":%q,"desc":"{\"v\":%d}","reg":%d,"ttl":3600000}`,
-					cur.Incarnation, cur.Name, next, cur.RegisteredAt.UnixMilli())
+				rec := protocol.Record{Inc: cur.Incarnation, Name: cur.Name, Desc: fmt.Sprintf(`{"v":%d}`, next),
+					Reg: cur.RegisteredAt.UnixMilli(), TTL: time.Hour.Milliseconds()}.Encode()
 				tok := fmt.Sprintf("bench.%d", next)
-				msg, err := json.MarshalToString(changeMessage{Epoch: epoch, Rev: next, Prev: prev, Tok: tok, Op: "update", ID: id, Rec: rec})
-				if err != nil {
-					b.Fatal(err)
-				}
+				msg := protocol.Message{Epoch: epoch, Rev: next, Prev: prev, Tok: tok, Op: protocol.OpUpdate, ID: id, Rec: rec}.Encode()
 				prev = tok
 				payloads = append(payloads, msg)
 			}
@@ -314,8 +312,9 @@ func BenchmarkMemoryPerInstance(b *testing.B) {
 		b.StopTimer()
 		b.ReportMetric(float64(held)/float64(b.N)/n, "B/instance")
 		var redisBytes int64
-		for _, k := range []string{"inst", "exp"} {
-			v, err := c.MemoryUsage(ctx, keyOf(benchPrefix, table, k), 0).Result()
+		keys := protocol.TableKeys(benchPrefix, table)
+		for _, k := range []string{keys.Inst, keys.Exp} {
+			v, err := c.MemoryUsage(ctx, k, 0).Result()
 			if err != nil {
 				b.Fatal(err)
 			}

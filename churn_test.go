@@ -2,6 +2,7 @@ package svcwatch
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"math/rand"
 	"sort"
@@ -10,7 +11,13 @@ import (
 	"time"
 
 	"github.com/svcwatch/svcwatch/internal/redistest"
+	"github.com/svcwatch/svcwatch/protocol"
 )
+
+// churnSeed replays a churn run's random choices (which process, which operation,
+// the pauses; not the machine's timing): go test -run TestChurn -args -seed=N,
+// with the N a run logged. 0 draws a fresh seed.
+var churnSeed = flag.Int64("seed", 0, "seed of TestChurn's random generator (0: a fresh one); each run logs its seed")
 
 // TestChurn: 20 watchers while processes join, update and leave at random, and
 // Redis is killed and restarted empty once in the middle. At the end every
@@ -18,6 +25,11 @@ import (
 // consistent sequence of events.
 func TestChurn(t *testing.T) {
 	checkLeaks(t)
+	seed := *churnSeed
+	if seed == 0 {
+		seed = time.Now().UnixNano()
+	}
+	t.Logf("seed %d (replay: go test -run TestChurn -args -seed=%d)", seed, seed)
 	b, srv := faultBackend(t, redistest.ServerOptions{})
 	const table = "churn/dev/v1/game"
 	var watchers []*node
@@ -25,7 +37,7 @@ func TestChurn(t *testing.T) {
 		watchers = append(watchers, b.newNode(t, table, fmt.Sprintf("w%02d", i)))
 	}
 
-	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	rng := rand.New(rand.NewSource(seed))
 	live := map[string]*RedisServiceWatcher{}
 	stop := func(id string) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -82,10 +94,10 @@ func TestChurn(t *testing.T) {
 	}
 	sort.Strings(want)
 	wantIDs := strings.Join(want, ",")
-	keys := "svcwatch:{" + table + "}:inst"
+	inst := protocol.TableKeys(DefaultKeyPrefix, table).Inst
 	rc := srv.Client(t)
 	eventually(t, "Redis holds exactly the live processes", func() bool {
-		got := rc.HKeys(context.Background(), keys).Val()
+		got := rc.HKeys(context.Background(), inst).Val()
 		sort.Strings(got)
 		return strings.Join(got, ",") == wantIDs
 	})

@@ -3,6 +3,7 @@ package svcwatch
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/svcwatch/svcwatch/internal/redistest"
+	"github.com/svcwatch/svcwatch/protocol"
 )
 
 // Redis Cluster: the behaviour suite (forEachBackend runs it on clusterBackend),
@@ -23,106 +25,50 @@ import (
 //
 // A cluster takes seconds to start, so the suite shares one (and one Sentinel
 // setup) across all its subtests; each subtest works under a key prefix of its
-// own. redistest ties every process to the testing.TB it is given, so the shared
-// ones get sharedTB, whose cleanups run in shutdownShared, called by TestMain
-// after m.Run.
+// own. The shared servers are started with redistest's constructors, which need
+// no testing.TB, and closed by shutdownShared, called by TestMain after m.Run.
 
-// sharedTB is the long-lived testing.TB of the shared servers. Only the methods
-// redistest calls are implemented; Fatalf and Skip abort the start (see
-// startShared) instead of ending a test.
-type sharedTB struct {
-	testing.TB // nil: any other method panics
-
-	mu       sync.Mutex
-	cleanups []func()
+// sharedSetup starts one shared thing on first use and keeps it, or the error
+// that kept it from starting.
+type sharedSetup[T io.Closer] struct {
+	once sync.Once
+	val  T
+	err  error
 }
 
-// sharedAbort is what a sharedTB panics with on Fatalf or Skip.
-type sharedAbort struct {
-	msg  string
-	skip bool
-}
+var (
+	sharedMu      sync.Mutex
+	sharedStarted []io.Closer // what shutdownShared closes, in start order
+)
 
-var shared = &sharedTB{}
-
-func (s *sharedTB) Helper()      {}
-func (s *sharedTB) Name() string { return "shared" }
-func (s *sharedTB) Cleanup(f func()) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.cleanups = append(s.cleanups, f)
-}
-func (s *sharedTB) TempDir() string {
-	dir, err := os.MkdirTemp("", "svcwatch-shared-")
-	if err != nil {
-		s.Fatalf("shared temp dir: %v", err)
-	}
-	s.Cleanup(func() { _ = os.RemoveAll(dir) })
-	return dir
-}
-func (s *sharedTB) Fatalf(format string, args ...any) {
-	panic(sharedAbort{msg: fmt.Sprintf(format, args...)})
-}
-func (s *sharedTB) Fatal(args ...any) { panic(sharedAbort{msg: fmt.Sprint(args...)}) }
-func (s *sharedTB) FailNow()          { panic(sharedAbort{msg: "FailNow"}) }
-func (s *sharedTB) Skip(args ...any)  { panic(sharedAbort{msg: fmt.Sprint(args...), skip: true}) }
-func (s *sharedTB) Skipf(format string, args ...any) {
-	panic(sharedAbort{msg: fmt.Sprintf(format, args...), skip: true})
-}
-func (s *sharedTB) SkipNow() { panic(sharedAbort{msg: "SkipNow", skip: true}) }
-
-// Errorf and Logf are only reached from cleanups (a server that would not die).
-func (s *sharedTB) Errorf(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "svcwatch shared servers: "+format+"\n", args...)
-}
-func (s *sharedTB) Error(args ...any) { s.Errorf("%s", fmt.Sprint(args...)) }
-func (s *sharedTB) Logf(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "svcwatch shared servers: "+format+"\n", args...)
-}
-func (s *sharedTB) Log(args ...any) { s.Logf("%s", fmt.Sprint(args...)) }
-
-// shutdownShared kills the shared servers and removes their directories. TestMain
-// calls it after m.Run.
-func shutdownShared() {
-	shared.mu.Lock()
-	fs := shared.cleanups
-	shared.cleanups = nil
-	shared.mu.Unlock()
-	for i := len(fs) - 1; i >= 0; i-- {
-		fs[i]()
-	}
-}
-
-// sharedSetup starts one shared thing once.
-type sharedSetup[T any] struct {
-	once  sync.Once
-	val   T
-	abort *sharedAbort
-}
-
-// get starts the thing on first use and fails or skips t the way redistest
-// would have if that start failed or skipped.
-func (s *sharedSetup[T]) get(t testing.TB, start func(tb testing.TB) T) T {
+// get starts the thing with start on first use and returns it. If the start
+// failed it skips or fails t as redistest.StartCluster and the like would.
+func (s *sharedSetup[T]) get(t testing.TB, start func() (T, error)) T {
 	t.Helper()
 	s.once.Do(func() {
-		defer func() {
-			if r := recover(); r != nil {
-				a, ok := r.(sharedAbort)
-				if !ok {
-					panic(r)
-				}
-				s.abort = &a
-			}
-		}()
-		s.val = start(shared)
-	})
-	if s.abort != nil {
-		if s.abort.skip {
-			t.Skip(s.abort.msg)
+		s.val, s.err = start()
+		if s.err == nil {
+			sharedMu.Lock()
+			sharedStarted = append(sharedStarted, s.val)
+			sharedMu.Unlock()
 		}
-		t.Fatal(s.abort.msg)
-	}
+	})
+	redistest.SkipOrFatal(t, s.err)
 	return s.val
+}
+
+// shutdownShared closes the shared servers that were started: kills them and
+// removes their directories. TestMain calls it after m.Run.
+func shutdownShared() {
+	sharedMu.Lock()
+	cs := sharedStarted
+	sharedStarted = nil
+	sharedMu.Unlock()
+	for i := len(cs) - 1; i >= 0; i-- {
+		if err := cs[i].Close(); err != nil {
+			fmt.Fprintf(os.Stderr, "svcwatch shared servers: %v\n", err)
+		}
+	}
 }
 
 // uniquePrefix gives a subtest keys and channels of its own on a shared server.
@@ -135,8 +81,8 @@ var sharedCluster sharedSetup[*redistest.Cluster]
 // clusterBackend is the "redis-cluster" backend of forEachBackend: one shared
 // cluster of 3 masters with a replica each, a *redis.ClusterClient per watcher.
 var clusterBackend = func(t testing.TB) *backend {
-	c := sharedCluster.get(t, func(tb testing.TB) *redistest.Cluster {
-		return redistest.StartCluster(tb, redistest.ClusterOptions{Masters: 3, Replicas: 1})
+	c := sharedCluster.get(t, func() (*redistest.Cluster, error) {
+		return redistest.NewCluster(redistest.ClusterOptions{Masters: 3, Replicas: 1})
 	})
 	return &backend{
 		name:   "redis-cluster",
@@ -156,10 +102,8 @@ func prefixOf(b *backend) string {
 	for _, o := range b.opts {
 		o(&cfg)
 	}
-	return cfg.prefix
+	return cfg.KeyPrefix
 }
-
-func keyOf(prefix, table, suffix string) string { return prefix + ":{" + table + "}:" + suffix }
 
 // slotOf asks the cluster for a key's slot.
 func slotOf(t *testing.T, cc *redis.ClusterClient, key string) int64 {
@@ -184,7 +128,7 @@ func TestClusterTablesOnDifferentMasters(t *testing.T) {
 
 	const chat = "bingqiu/kaifa/20190510/chat"
 	tables := []string{gameTable, chat}
-	mA, mB := c.MasterForKey(t, keyOf(prefix, tables[0], "inst")), c.MasterForKey(t, keyOf(prefix, tables[1], "inst"))
+	mA, mB := c.MasterForKey(t, protocol.TableKeys(prefix, tables[0]).Inst), c.MasterForKey(t, protocol.TableKeys(prefix, tables[1]).Inst)
 	if mA == mB {
 		// Not the case with the suite's tables on 3 masters (slots 3753 and 7604),
 		// but keep the test meaningful if they change: pick a second table that
@@ -194,17 +138,18 @@ func TestClusterTablesOnDifferentMasters(t *testing.T) {
 				t.Fatal("no table found on a second master")
 			}
 			tables[1] = fmt.Sprintf("bingqiu/kaifa/20190510/chat%d", i)
-			mB = c.MasterForKey(t, keyOf(prefix, tables[1], "inst"))
+			mB = c.MasterForKey(t, protocol.TableKeys(prefix, tables[1]).Inst)
 		}
 	}
-	slotA, slotB := slotOf(t, cc, keyOf(prefix, tables[0], "inst")), slotOf(t, cc, keyOf(prefix, tables[1], "inst"))
+	slotA, slotB := slotOf(t, cc, protocol.TableKeys(prefix, tables[0]).Inst), slotOf(t, cc, protocol.TableKeys(prefix, tables[1]).Inst)
 	t.Logf("%s: slot %d on %s; %s: slot %d on %s", tables[0], slotA, mA, tables[1], slotB, mB)
 	// Every key of a table shares its slot (the hash tag), so one script may touch them all.
 	for _, table := range tables {
-		want := slotOf(t, cc, keyOf(prefix, table, "inst"))
-		for _, k := range []string{"exp", "rev", "epoch", "meta", "ch"} {
-			if got := slotOf(t, cc, keyOf(prefix, table, k)); got != want {
-				t.Errorf("%s is in slot %d, %s:inst in %d", keyOf(prefix, table, k), got, table, want)
+		keys := protocol.TableKeys(prefix, table)
+		want := slotOf(t, cc, keys.Inst)
+		for _, k := range append(keys.All(), keys.Channel) {
+			if got := slotOf(t, cc, k); got != want {
+				t.Errorf("%s is in slot %d, %s in %d", k, got, keys.Inst, want)
 			}
 		}
 	}
@@ -225,7 +170,7 @@ func TestClusterTablesOnDifferentMasters(t *testing.T) {
 	// The observer's one subscription connection sits on one node; at least one of
 	// its channels is served (by slot) by another master, so its messages cross
 	// the cluster bus.
-	subNodes := subscribedNodes(t, c, keyOf(prefix, tables[0], "ch"), keyOf(prefix, tables[1], "ch"))
+	subNodes := subscribedNodes(t, c, protocol.TableKeys(prefix, tables[0]).Channel, protocol.TableKeys(prefix, tables[1]).Channel)
 	t.Logf("subscribers per node: %v", subNodes)
 
 	loads := map[*node]uint64{}
@@ -324,7 +269,7 @@ func TestClusterFailover(t *testing.T) {
 	nodes := []*node{b.newNode(t, gameTable, "a"), b.newNode(t, gameTable, "b"), b.newNode(t, gameTable, "c")}
 	converge(t, nodes, gameTable, "a,b,c")
 
-	m := c.MasterForKey(t, keyOf(prefix, gameTable, "inst"))
+	m := c.MasterForKey(t, protocol.TableKeys(prefix, gameTable).Inst)
 	m.Kill(t)
 	killed := time.Now()
 	for _, n := range nodes {
@@ -332,7 +277,7 @@ func TestClusterFailover(t *testing.T) {
 	}
 	c.WaitHealthy(t)
 	promoted := time.Now()
-	m2 := c.MasterForKey(t, keyOf(prefix, gameTable, "inst"))
+	m2 := c.MasterForKey(t, protocol.TableKeys(prefix, gameTable).Inst)
 	if m2 == m {
 		t.Fatalf("the slot is still served by the killed %s", m)
 	}
@@ -353,7 +298,7 @@ func TestClusterFailover(t *testing.T) {
 	recovered := time.Now()
 	rc := m2.Client(t)
 	eventually(t, "all three registered on the new master", func() bool {
-		return rc.HLen(context.Background(), keyOf(prefix, gameTable, "inst")).Val() == 3
+		return rc.HLen(context.Background(), protocol.TableKeys(prefix, gameTable).Inst).Val() == 3
 	})
 	converge(t, nodes, gameTable, "a,b,c")
 	var rereg uint64
@@ -372,7 +317,7 @@ func TestClusterFailover(t *testing.T) {
 	// The old master comes back as a replica; nothing changes for the watchers.
 	m.Start(t)
 	c.WaitHealthy(t)
-	if got := c.MasterForKey(t, keyOf(prefix, gameTable, "inst")); got != m2 {
+	if got := c.MasterForKey(t, protocol.TableKeys(prefix, gameTable).Inst); got != m2 {
 		t.Errorf("after the old master rejoined, the slot is served by %s, want %s", got, m2)
 	}
 	marks = marks[:0]

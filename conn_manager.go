@@ -1,12 +1,16 @@
 package svcwatch
 
+// conn_manager.go: ConnManager, the Handler that keeps one connection per
+// discovered peer. Its Handler methods run on the watcher's event goroutine and
+// never block on a dial; each accepted peer has a dial goroutine of its own,
+// owned by the manager and ended by the peer's removal or Close.
+
 import (
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand"
 	"sync"
 	"time"
 )
@@ -70,81 +74,6 @@ type connPeer[C io.Closer] struct {
 	connecting bool // the OnConnect hook is running with a fresh conn
 }
 
-type connConfig struct {
-	dialTimeout  time.Duration
-	backoffMin   time.Duration
-	backoffMax   time.Duration
-	filter       func(inst Instance) bool
-	onConnect    func(inst Instance, c io.Closer)
-	onDisconnect func(inst Instance, err error)
-	logger       *slog.Logger
-}
-
-// ConnOption configures a ConnManager; see NewConnManager.
-type ConnOption func(*connConfig)
-
-// WithDialTimeout bounds each dial attempt: the ctx passed to the dial function
-// expires after d. The default is 5s. d <= 0 disables the timeout; a dial then
-// ends only when the peer is removed or the manager closed.
-func WithDialTimeout(d time.Duration) ConnOption {
-	return func(c *connConfig) { c.dialTimeout = d }
-}
-
-// WithBackoff sets the delay before a redial, after a failed dial or an
-// Invalidate. The delay starts at min and doubles per consecutive failure up to
-// max, with equal jitter (a random value in [step/2, step]) so that peers
-// restarted together do not redial in lockstep. The default is 100ms to 10s.
-// A value <= 0 keeps its default; a max below min is raised to min.
-func WithBackoff(min, max time.Duration) ConnOption {
-	return func(c *connConfig) {
-		if min > 0 {
-			c.backoffMin = min
-		}
-		if max > 0 {
-			c.backoffMax = max
-		}
-	}
-}
-
-// WithConnFilter selects the instances to connect to; rejected instances are
-// never dialed. It is called on every OnAdd and OnUpdate, outside any lock, so
-// an update that makes a peer rejected closes its connection and one that makes
-// it accepted dials it. It must be fast and must not block. By default every
-// instance is accepted.
-//
-// In a full mesh, where each pair of peers needs a single connection, let only
-// the lower ID dial:
-//
-//	svcwatch.WithConnFilter(func(p svcwatch.Instance) bool { return self.ID < p.ID })
-func WithConnFilter(f func(inst Instance) bool) ConnOption {
-	return func(c *connConfig) { c.filter = f }
-}
-
-// WithOnConnect sets a hook called with each new connection (the C returned by
-// dial, as an io.Closer) before Get can return it, so the hook may set it up,
-// e.g. send a handshake. It is called from the peer's dial goroutine and must
-// not block long: the peer's removal and Close wait for it. It must not call
-// Close. Each OnConnect is followed by exactly one OnDisconnect for that
-// connection. Default: none.
-func WithOnConnect(f func(inst Instance, c io.Closer)) ConnOption {
-	return func(c *connConfig) { c.onConnect = f }
-}
-
-// WithOnDisconnect sets a hook called after a connection that was passed to
-// OnConnect has been closed. err is ErrConnInvalidated when Invalidate closed
-// it, and nil when the peer was removed, filtered out or updated to a new Name
-// or Incarnation, or the manager was closed. It is called from the peer's dial
-// goroutine and must not block long; it must not call Close. Default: none.
-func WithOnDisconnect(f func(inst Instance, err error)) ConnOption {
-	return func(c *connConfig) { c.onDisconnect = f }
-}
-
-// WithConnLogger sets the logger for dial failures and connection changes.
-// Default: slog.Default() at construction.
-func WithConnLogger(l *slog.Logger) ConnOption {
-	return func(c *connConfig) { c.logger = l }
-}
-
 // NewConnManager returns a ConnManager that connects to peers with dial. dial is
 // called from a per-peer goroutine, never under a lock, with the peer's current
 // Instance and a ctx that is canceled when the peer goes away or the manager is
@@ -161,17 +90,15 @@ func NewConnManager[C io.Closer](dial func(ctx context.Context, inst Instance) (
 	}
 	cfg := connConfig{
 		dialTimeout: 5 * time.Second,
-		backoffMin:  100 * time.Millisecond,
-		backoffMax:  10 * time.Second,
+		backoff:     backoff{min: 100 * time.Millisecond, max: 10 * time.Second},
+		clock:       systemClock{},
 	}
 	for _, o := range opts {
 		if o != nil {
 			o(&cfg)
 		}
 	}
-	if cfg.backoffMax < cfg.backoffMin {
-		cfg.backoffMax = cfg.backoffMin
-	}
+	cfg.backoff.max = max(cfg.backoff.max, cfg.backoff.min)
 	if cfg.logger == nil {
 		cfg.logger = slog.Default()
 	}
@@ -367,17 +294,17 @@ func (m *ConnManager[C]) run(key string, p *connPeer[C], prev <-chan struct{}) {
 				"peer", key, "addr", p.addr, "attempt", attempt+1, "err", err)
 		} else {
 			failing = false
-			connectedAt := time.Now()
+			connectedAt := m.cfg.clock.Now()
 			if !m.serve(key, p, c) {
 				return
 			}
 			// Invalidated. Keep growing the backoff unless the conn lived
 			// long, so a peer that accepts then breaks at once is not hammered.
-			if time.Since(connectedAt) >= m.cfg.backoffMax {
+			if m.cfg.clock.Now().Sub(connectedAt) >= m.cfg.backoff.max {
 				attempt = 0
 			}
 		}
-		if !sleepCtx(p.ctx, m.cfg.backoff(attempt)) {
+		if !sleep(p.ctx, m.cfg.clock, m.cfg.backoff.delay(attempt)) {
 			return
 		}
 		attempt++
@@ -478,34 +405,4 @@ func (m *ConnManager[C]) closeConn(key, addr string, c C) {
 		m.mu.Unlock()
 	}
 	m.cfg.logger.Debug("svcwatch: close connection", "peer", key, "addr", addr, "err", err)
-}
-
-// backoff returns the delay before retry number attempt+1: min·2^attempt capped
-// at max, with equal jitter.
-func (c *connConfig) backoff(attempt int) time.Duration {
-	d := c.backoffMin
-	for i := 0; i < attempt && d < c.backoffMax; i++ {
-		if d > c.backoffMax/2 {
-			d = c.backoffMax
-			break
-		}
-		d *= 2
-	}
-	if d > c.backoffMax {
-		d = c.backoffMax
-	}
-	half := d / 2
-	return half + time.Duration(rand.Int63n(int64(d-half)+1))
-}
-
-// sleepCtx waits for d or until ctx is done; it reports whether d elapsed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

@@ -839,14 +839,14 @@ func TestConnManagerConcurrentUse(t *testing.T) {
 }
 
 func TestConnBackoffBounds(t *testing.T) {
-	cfg := connConfig{backoffMin: 100 * time.Millisecond, backoffMax: 10 * time.Second}
+	b := backoff{min: 100 * time.Millisecond, max: 10 * time.Second}
 	for attempt := 0; attempt < 100; attempt++ {
-		step := cfg.backoffMax
+		step := b.max
 		if attempt < 7 {
-			step = cfg.backoffMin << attempt
+			step = b.min << attempt
 		}
 		for i := 0; i < 20; i++ {
-			if d := cfg.backoff(attempt); d < step/2 || d > step {
+			if d := b.delay(attempt); d < step/2 || d > step {
 				t.Fatalf("attempt %d: backoff %v outside [%v, %v]", attempt, d, step/2, step)
 			}
 		}
@@ -857,15 +857,15 @@ func TestConnOptionsDefaults(t *testing.T) {
 	m := NewConnManager(func(context.Context, Instance) (io.Closer, error) { return nil, errors.New("unused") },
 		WithBackoff(0, -1), nil)
 	defer m.Close()
-	if m.cfg.dialTimeout != 5*time.Second || m.cfg.backoffMin != 100*time.Millisecond ||
-		m.cfg.backoffMax != 10*time.Second || m.cfg.logger == nil || m.cfg.filter != nil {
+	if m.cfg.dialTimeout != 5*time.Second || m.cfg.backoff.min != 100*time.Millisecond ||
+		m.cfg.backoff.max != 10*time.Second || m.cfg.logger == nil || m.cfg.filter != nil {
 		t.Fatalf("defaults: %+v", m.cfg)
 	}
 	m2 := NewConnManager(func(context.Context, Instance) (io.Closer, error) { return nil, errors.New("unused") },
 		WithBackoff(time.Second, time.Millisecond))
 	defer m2.Close()
-	if m2.cfg.backoffMin != time.Second || m2.cfg.backoffMax != time.Second {
-		t.Fatalf("max below min: %v..%v", m2.cfg.backoffMin, m2.cfg.backoffMax)
+	if m2.cfg.backoff.min != time.Second || m2.cfg.backoff.max != time.Second {
+		t.Fatalf("max below min: %v..%v", m2.cfg.backoff.min, m2.cfg.backoff.max)
 	}
 	// A nil dial does not panic: every dial fails with ErrInvalid.
 	m3 := NewConnManager[io.Closer](nil, WithConnLogger(quietLogger()))

@@ -1,11 +1,14 @@
 package svcwatch
 
+// dispatch.go: the merged event queue and the event goroutine, the only
+// goroutine that calls handlers and the other user callbacks of a watcher.
+// enqueue and notify run on whichever goroutine applied a change (the backend's
+// sync loop, a Start or Watch, the heartbeat); run is the event goroutine.
+
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"runtime"
-	"strconv"
 	"sync"
 	"sync/atomic"
 )
@@ -35,9 +38,12 @@ type dispatcher struct {
 	done    chan struct{}
 }
 
+// queued is one place in the queue: an instance key, a flush marker or a
+// callback.
 type queued struct {
 	key     string
-	barrier chan struct{} // set on a flush marker instead of a key
+	barrier chan struct{} // a flush marker
+	call    func()        // a callback to run on the event goroutine
 }
 
 func newDispatcher(handlers []Handler, skipKey string, log *slog.Logger) *dispatcher {
@@ -67,6 +73,18 @@ func (d *dispatcher) enqueue(key string, latest *Instance) {
 		d.queue = append(d.queue, queued{key: key})
 	}
 	d.pending[key] = latest
+	d.signal()
+}
+
+// notify runs f on the event goroutine after the events queued before it,
+// recovered like a handler. It is dropped once the dispatcher is stopped.
+func (d *dispatcher) notify(f func()) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopped {
+		return
+	}
+	d.queue = append(d.queue, queued{call: f})
 	d.signal()
 }
 
@@ -110,7 +128,12 @@ func (d *dispatcher) flush(ctx context.Context) error {
 // run delivers events until stop. It is the only goroutine that calls handlers.
 func (d *dispatcher) run() {
 	defer close(d.done)
-	d.runGoID.Store(goroutineID())
+	if id, ok := goroutineID(); ok {
+		d.runGoID.Store(id)
+	} else {
+		d.log.Error("svcwatch: cannot tell the event goroutine from the stack header (unknown Go runtime format); " +
+			"a handler that calls Stop or Watch of its own watcher will wait until its context ends")
+	}
 	for {
 		d.mu.Lock()
 		if d.stopped {
@@ -131,6 +154,11 @@ func (d *dispatcher) run() {
 		if q.barrier != nil {
 			d.mu.Unlock()
 			close(q.barrier)
+			continue
+		}
+		if q.call != nil {
+			d.mu.Unlock()
+			d.safeCall(q.call)
 			continue
 		}
 		latest := d.pending[q.key]
@@ -171,18 +199,19 @@ func (d *dispatcher) call(fn func(Handler)) {
 			return
 		}
 		d.events.Add(1)
-		d.safeCall(h, fn)
+		d.safeCall(func() { fn(h) })
 	}
 }
 
-func (d *dispatcher) safeCall(h Handler, fn func(Handler)) {
+// safeCall runs user code, recovering and logging a panic.
+func (d *dispatcher) safeCall(f func()) {
 	defer func() {
 		if r := recover(); r != nil {
 			d.log.Error("svcwatch: handler panicked; event skipped", "panic", r,
 				"stack", string(stack()))
 		}
 	}()
-	fn(h)
+	f()
 }
 
 // stop ends delivery: the event in progress finishes, nothing else is delivered,
@@ -219,20 +248,11 @@ func (d *dispatcher) wait(ctx context.Context) error {
 
 func (d *dispatcher) onRunGoroutine() bool {
 	id := d.runGoID.Load()
-	return id != 0 && id == goroutineID()
-}
-
-// goroutineID parses the current goroutine's number from its stack header. It is
-// used only to let a handler call Watch and Stop without waiting for itself.
-func goroutineID() int64 {
-	var buf [64]byte
-	b := buf[:runtime.Stack(buf[:], false)]
-	b = bytes.TrimPrefix(b, []byte("goroutine "))
-	if i := bytes.IndexByte(b, ' '); i > 0 {
-		b = b[:i]
+	if id == 0 {
+		return false
 	}
-	id, _ := strconv.ParseInt(string(b), 10, 64)
-	return id
+	cur, ok := goroutineID()
+	return ok && cur == id
 }
 
 func stack() []byte {

@@ -227,7 +227,7 @@ func crash(t testing.TB, w *RedisServiceWatcher) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	if err := w.StopEvents(ctx); err != nil {
+	if err := w.b.StopEvents(ctx); err != nil {
 		t.Fatal(err)
 	}
 }

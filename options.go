@@ -1,12 +1,19 @@
 package svcwatch
 
+// options.go: the watcher's options, their defaults and the one validate() that
+// checks them with self. Options only record values; every check is in
+// validate, which reports every problem at once. Runs on the constructor's
+// goroutine only.
+
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
 )
 
-// Option configures a watcher built by NewRedisServiceWatcher.
+// Option configures a watcher; see the With* functions. Every backend takes the
+// same options.
 type Option func(*config)
 
 // Defaults of the options.
@@ -17,59 +24,57 @@ const (
 	DefaultMaxDescSize = 64 << 10
 )
 
+// Config is a watcher's settings after defaults were filled in. A backend reads
+// it through Backend.Config; applications set it with Options.
+type Config struct {
+	TTL            time.Duration // how long a registration lives without a heartbeat
+	KeepAlive      time.Duration // heartbeat period, less than TTL/2
+	ScanInterval   time.Duration // safety-net scan period, less than TTL/2
+	KeyPrefix      string        // prefix of every key and channel (Redis) or path (other stores)
+	Logger         *slog.Logger  // never nil
+	Handlers       []Handler     // called by the core's event goroutine, in this order
+	Tables         []string      // watched from Start besides self's table
+	WatchOnly      bool          // register nothing
+	MaxDescSize    int           // largest Desc accepted or read
+	RestartReplace bool          // a live holder with the same Name is replaced (a restart)
+}
+
+// config is what the options write: the public settings and the seams.
 type config struct {
-	ttl             time.Duration
-	keepAlive       time.Duration // 0: ttl/5
-	scan            time.Duration // 0: min(DefaultScanEvery, 2*ttl/5)
-	prefix          string
-	logger          *slog.Logger
-	handlers        []Handler
-	tables          []string
-	watchOnly       bool
-	maxDesc         int
-	replaceSameName bool
-	onLost          func(self Instance, err error)
-	clock           clock
-	errs            []error // bad option values, reported by the constructor
+	Config
+	onLost func(self Instance, err error)
+	clock  clock
+
+	// Values as given, kept for validate: zero means "not given" for these.
+	keepAliveSet, scanSet bool
+	nilHandler            bool
 }
 
 func defaultConfig() config {
 	return config{
-		ttl:             DefaultTTL,
-		prefix:          DefaultKeyPrefix,
-		logger:          slog.Default(),
-		maxDesc:         DefaultMaxDescSize,
-		replaceSameName: true,
-		clock:           systemClock{},
+		Config: Config{
+			TTL:            DefaultTTL,
+			KeyPrefix:      DefaultKeyPrefix,
+			Logger:         slog.Default(),
+			MaxDescSize:    DefaultMaxDescSize,
+			RestartReplace: true,
+		},
+		clock: systemClock{},
 	}
-}
-
-func (c *config) bad(format string, args ...any) {
-	c.errs = append(c.errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...))
 }
 
 // WithTTL sets how long a registration lives without a heartbeat; a process that
 // is killed is removed at its peers about this long after its last heartbeat.
 // Default 10s. It must be more than twice the keepalive interval.
 func WithTTL(d time.Duration) Option {
-	return func(c *config) {
-		if d <= 0 {
-			c.bad("TTL %v is not positive", d)
-		}
-		c.ttl = d
-	}
+	return func(c *config) { c.TTL = d }
 }
 
 // WithKeepAliveInterval sets how often the heartbeat runs. Default TTL/5 (2s at
 // the default TTL); it must be less than TTL/2, so that one lost heartbeat never
 // expires a live process.
 func WithKeepAliveInterval(d time.Duration) Option {
-	return func(c *config) {
-		if d <= 0 {
-			c.bad("keepalive interval %v is not positive", d)
-		}
-		c.keepAlive = d
-	}
+	return func(c *config) { c.KeepAlive, c.keepAliveSet = d, true }
 }
 
 // WithScanInterval sets how often the safety-net scan reads each watched table's
@@ -77,69 +82,52 @@ func WithKeepAliveInterval(d time.Duration) Option {
 // when that is shorter; it must be less than TTL/2 (see the mass-expiry guard in
 // the README).
 func WithScanInterval(d time.Duration) Option {
-	return func(c *config) {
-		if d <= 0 {
-			c.bad("scan interval %v is not positive", d)
-		}
-		c.scan = d
-	}
+	return func(c *config) { c.ScanInterval, c.scanSet = d, true }
 }
 
 // WithKeyPrefix sets the prefix of every Redis key and channel the watcher uses.
 // Default "svcwatch". An ACL for the watcher needs `~prefix:*` and `&prefix:*`.
 func WithKeyPrefix(p string) Option {
-	return func(c *config) {
-		if err := checkName("key prefix", p, maxTableLen, false); err != nil {
-			c.errs = append(c.errs, err)
-		}
-		c.prefix = p
-	}
+	return func(c *config) { c.KeyPrefix = p }
 }
 
-// WithLogger sets the logger. Default slog.Default().
+// WithLogger sets the logger. Default slog.Default(); nil keeps the default.
 func WithLogger(l *slog.Logger) Option {
 	return func(c *config) {
-		if l == nil {
-			c.bad("nil logger")
-			return
+		if l != nil {
+			c.Logger = l
 		}
-		c.logger = l
 	}
 }
 
 // WithHandler adds a handler of discovery events; it may be given more than once,
-// and handlers are called in the order given.
+// and handlers are called in the order given. A nil handler is an error.
 func WithHandler(h Handler) Option {
 	return func(c *config) {
 		if h == nil {
-			c.bad("nil handler")
+			c.nilHandler = true
 			return
 		}
-		c.handlers = append(c.handlers, h)
+		c.Handlers = append(c.Handlers, h)
 	}
 }
 
 // WithTables adds tables to watch from Start, besides self.Table (which is always
 // watched).
 func WithTables(tables ...string) Option {
-	return func(c *config) { c.tables = append(c.tables, tables...) }
+	return func(c *config) { c.Tables = append(c.Tables, tables...) }
 }
 
 // WatchOnly makes a watcher that registers nothing and only watches (tools,
 // gateways). Its self Instance needs only Table.
 func WatchOnly() Option {
-	return func(c *config) { c.watchOnly = true }
+	return func(c *config) { c.WatchOnly = true }
 }
 
 // WithMaxDescSize sets the largest Desc accepted, in bytes; records larger than it
 // found in Redis are skipped. Default 64 KiB.
 func WithMaxDescSize(n int) Option {
-	return func(c *config) {
-		if n <= 0 {
-			c.bad("max desc size %d is not positive", n)
-		}
-		c.maxDesc = n
-	}
+	return func(c *config) { c.MaxDescSize = n }
 }
 
 // WithoutRestartReplace turns off replacement of a live incarnation that has the
@@ -149,52 +137,72 @@ func WithMaxDescSize(n int) Option {
 // (e.g. behind NAT): then any live holder of the ID makes Start fail with
 // ErrDuplicateID.
 func WithoutRestartReplace() Option {
-	return func(c *config) { c.replaceSameName = false }
+	return func(c *config) { c.RestartReplace = false }
 }
 
 // WithOnRegistrationLost sets a callback run when this process's registration is
 // lost for good: err wraps ErrReplaced when a newer incarnation took the ID (the
 // watcher stands down and stops heartbeating), or ErrDuplicateID when, after Redis
-// lost its data, another process took the ID first. It runs on the heartbeat
-// goroutine and must not block. A registration that Redis merely lost is
-// registered again without calling it (see Stats.Reregistrations).
+// lost its data, another process took the ID first. It runs on the watcher's
+// event goroutine, like the handlers (after the events queued before it), so it
+// may call any method of the watcher, Stop included. A registration that Redis
+// merely lost is registered again without calling it (see Stats.Reregistrations).
 func WithOnRegistrationLost(f func(self Instance, err error)) Option {
 	return func(c *config) { c.onLost = f }
 }
 
-// withClock replaces the local clock (tests).
+// withClock replaces the clock that drives the loops' schedules and the view's
+// holds (tests).
 func withClock(k clock) Option {
 	return func(c *config) { c.clock = k }
 }
 
-// finish fills derived defaults and checks the options against each other.
-func (c *config) finish() error {
-	if c.keepAlive == 0 {
-		c.keepAlive = c.ttl / 5
+// validate fills the derived defaults and checks the options, self and the
+// tables together. It reports every problem at once, each wrapping ErrInvalid.
+func (c *config) validate(self Instance) error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...))
 	}
-	if c.scan == 0 {
-		c.scan = DefaultScanEvery
-		if s := c.ttl * 2 / 5; s < c.scan {
-			c.scan = s
+	if c.TTL <= 0 {
+		bad("TTL %v is not positive", c.TTL)
+	}
+	if c.keepAliveSet && c.KeepAlive <= 0 {
+		bad("keepalive interval %v is not positive", c.KeepAlive)
+	}
+	if c.scanSet && c.ScanInterval <= 0 {
+		bad("scan interval %v is not positive", c.ScanInterval)
+	}
+	if c.MaxDescSize <= 0 {
+		bad("max desc size %d is not positive", c.MaxDescSize)
+	}
+	if c.nilHandler {
+		bad("nil handler")
+	}
+	if err := checkName("key prefix", c.KeyPrefix, maxTableLen, false); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		if !c.keepAliveSet {
+			c.KeepAlive = c.TTL / 5
+		}
+		if !c.scanSet {
+			c.ScanInterval = min(DefaultScanEvery, c.TTL*2/5)
+		}
+		if c.TTL <= 2*c.KeepAlive {
+			bad("TTL %v must be more than twice the keepalive interval %v", c.TTL, c.KeepAlive)
+		}
+		if 2*c.ScanInterval >= c.TTL {
+			bad("scan interval %v must be less than half the TTL %v", c.ScanInterval, c.TTL)
 		}
 	}
-	if len(c.errs) == 0 {
-		if c.ttl <= 2*c.keepAlive {
-			c.bad("TTL %v must be more than twice the keepalive interval %v", c.ttl, c.keepAlive)
-		}
-		if 2*c.scan >= c.ttl {
-			c.bad("scan interval %v must be less than half the TTL %v", c.scan, c.ttl)
+	if err := checkSelf(self, c.WatchOnly, c.MaxDescSize); err != nil {
+		errs = append(errs, err)
+	}
+	for _, t := range c.Tables {
+		if err := checkTable(t); err != nil {
+			errs = append(errs, err)
 		}
 	}
-	if len(c.errs) > 0 {
-		return c.errs[0]
-	}
-	return nil
+	return errors.Join(errs...)
 }
-
-// clock is the watcher's local time source; server time comes from Redis.
-type clock interface{ Now() time.Time }
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }

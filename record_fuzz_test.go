@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/svcwatch/svcwatch/protocol"
 )
 
 // The fuzz targets feed arbitrary bytes, as another writer or damaged data could
@@ -38,7 +40,7 @@ func FuzzDecodeMessage(f *testing.F) {
 	f.Add(`{"e":"e","r":1e30,"op":"expired","id":"x"}`)
 	f.Add(`{junk`)
 	f.Fuzz(func(t *testing.T, payload string) {
-		m, err := decodeMessage(payload)
+		m, err := protocol.DecodeMessage(payload)
 		if err != nil {
 			return
 		}

@@ -1,5 +1,10 @@
 package svcwatch
 
+// registry.go: the local dictionary of discovered instances, its diff against a
+// full read, and held removals. Called by the backend's goroutines through
+// Backend (writes) and by users through ServiceWatcher (reads); its lock is
+// never held while user code runs.
+
 import (
 	"sort"
 	"sync"

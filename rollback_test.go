@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/svcwatch/svcwatch/internal/redistest"
+	"github.com/svcwatch/svcwatch/protocol"
 )
 
 // A failover to a replica that missed the latest writes rolls the table back
@@ -19,18 +20,17 @@ func TestFaultHistoryRolledBackUnderSameEpoch(t *testing.T) {
 	converge(t, watchers, gameTable, "a,b")
 
 	// The replica's copy: the table as it is now.
-	base := "svcwatch:{" + gameTable + "}:"
-	names := []string{"inst", "exp", "rev", "epoch", "meta"}
+	keys := protocol.TableKeys(DefaultKeyPrefix, gameTable)
 	dumps := map[string]string{}
-	for _, k := range names {
-		dumps[k] = srv.Do(t, "DUMP", base+k).(string)
+	for _, k := range keys.All() {
+		dumps[k] = srv.Do(t, "DUMP", k).(string)
 	}
 	b.newNode(t, gameTable, "lost") // a write the replica never got
 	converge(t, watchers, gameTable, "a,b,lost")
 
 	// The failover: the table goes back to the replica's copy.
-	for _, k := range names {
-		srv.Do(t, "RESTORE", base+k, 0, dumps[k], "REPLACE")
+	for _, k := range keys.All() {
+		srv.Do(t, "RESTORE", k, 0, dumps[k], "REPLACE")
 	}
 	// A new change takes the revision number that "lost" had.
 	b.newNode(t, gameTable, "d")
@@ -38,7 +38,7 @@ func TestFaultHistoryRolledBackUnderSameEpoch(t *testing.T) {
 	all := append(watchers, b.newNode(t, gameTable, "late"))
 	converge(t, all, gameTable, "a,b,d,late,lost")
 	eventually(t, "lost registered again", func() bool {
-		return srv.Client(t).HExists(context.Background(), base+"inst", "lost").Val()
+		return srv.Client(t).HExists(context.Background(), keys.Inst, "lost").Val()
 	})
 	noRemoves(t, all, "a", "b", "lost", "d")
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/svcwatch/svcwatch/internal/redistest"
+	"github.com/svcwatch/svcwatch/protocol"
 )
 
 // Large tables: 10,000 instances in one table, three real watchers; one add and
@@ -31,11 +32,7 @@ func fillTable(tb testing.TB, c redis.UniversalClient, prefix, table string, n i
 	ctx := context.Background()
 	now := time.Now()
 	deadline := float64(now.Add(24 * time.Hour).UnixMilli())
-	descJSON, err := json.MarshalToString(desc)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	inst, exp := keyOf(prefix, table, "inst"), keyOf(prefix, table, "exp")
+	keys := protocol.TableKeys(prefix, table)
 	const batch = 1000
 	for start := 0; start < n; start += batch {
 		end := min(start+batch, n)
@@ -43,23 +40,23 @@ func fillTable(tb testing.TB, c redis.UniversalClient, prefix, table string, n i
 		members := make([]redis.Z, 0, end-start)
 		for i := start; i < end; i++ {
 			id := fmt.Sprintf("inst-%05d", i)
-			rec := fmt.Sprintf(`{"inc":%q,"name":"10.%d.%d.%d:7000","desc":%s,"reg":%d,"ttl":%d}`,
-				newToken(), i>>16, (i>>8)&255, i&255, descJSON, now.UnixMilli(), time.Hour.Milliseconds())
+			rec := protocol.Record{Inc: newToken(), Name: fmt.Sprintf("10.%d.%d.%d:7000", i>>16, (i>>8)&255, i&255),
+				Desc: desc, Reg: now.UnixMilli(), TTL: time.Hour.Milliseconds()}.Encode()
 			fields = append(fields, id, rec)
 			members = append(members, redis.Z{Score: deadline, Member: id})
 		}
 		pipe := c.Pipeline()
-		pipe.HSet(ctx, inst, fields...)
-		pipe.ZAdd(ctx, exp, members...)
+		pipe.HSet(ctx, keys.Inst, fields...)
+		pipe.ZAdd(ctx, keys.Exp, members...)
 		if _, err := pipe.Exec(ctx); err != nil {
 			tb.Fatalf("fill %s: %v", table, err)
 		}
 	}
 	epoch := newToken()
 	pipe := c.Pipeline()
-	pipe.Set(ctx, keyOf(prefix, table, "epoch"), epoch, 0)
-	pipe.Set(ctx, keyOf(prefix, table, "rev"), n, 0)
-	pipe.HSet(ctx, keyOf(prefix, table, "meta"), "tok", fmt.Sprintf("%s.%d", epoch, n)) // the latest change's token
+	pipe.Set(ctx, keys.Epoch, epoch, 0)
+	pipe.Set(ctx, keys.Rev, n, 0)
+	pipe.HSet(ctx, keys.Meta, "tok", fmt.Sprintf("%s.%d", epoch, n)) // the latest change's token
 	if _, err := pipe.Exec(ctx); err != nil {
 		tb.Fatalf("fill %s: %v", table, err)
 	}

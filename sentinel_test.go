@@ -8,6 +8,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/svcwatch/svcwatch/internal/redistest"
+	"github.com/svcwatch/svcwatch/protocol"
 )
 
 // Redis Sentinel: the behaviour suite (forEachBackend runs it on sentinelBackend)
@@ -18,8 +19,8 @@ var sharedSentinel sharedSetup[*redistest.Sentinel]
 // sentinelBackend is the "redis-sentinel" backend of forEachBackend: one shared
 // master, replica and sentinel; each watcher on its own redis.NewFailoverClient.
 var sentinelBackend = func(t testing.TB) *backend {
-	s := sharedSentinel.get(t, func(tb testing.TB) *redistest.Sentinel {
-		return redistest.StartSentinel(tb, "svcwatch-shared")
+	s := sharedSentinel.get(t, func() (*redistest.Sentinel, error) {
+		return redistest.NewSentinel("svcwatch-shared")
 	})
 	return &backend{
 		name:   "redis-sentinel",
@@ -95,7 +96,7 @@ func TestSentinelFailover(t *testing.T) {
 	}
 	rc := m2.Client(t)
 	eventually(t, "all three registered on the new master", func() bool {
-		return rc.HLen(context.Background(), keyOf(prefix, gameTable, "inst")).Val() == 3
+		return rc.HLen(context.Background(), protocol.TableKeys(prefix, gameTable).Inst).Val() == 3
 	})
 	for i, n := range nodes {
 		eventually(t, "heartbeats after the failover at "+n.w.Self().ID, func() bool {
@@ -119,7 +120,7 @@ func TestSentinelFailover(t *testing.T) {
 	// replication. (Had the old master died, they would have reconnected to the
 	// new one and read the table again.)
 	for _, srv := range s.Servers() {
-		t.Logf("%s: subscribers %v", srv, srv.Do(t, "PUBSUB", "NUMSUB", keyOf(prefix, gameTable, "ch")))
+		t.Logf("%s: subscribers %v", srv, srv.Do(t, "PUBSUB", "NUMSUB", protocol.TableKeys(prefix, gameTable).Channel))
 	}
 	for i, n := range nodes {
 		t.Logf("%s: %d full reads since the failover", n.w.Self().ID, n.w.Stats().FullLoads-loads[i])
@@ -129,7 +130,7 @@ func TestSentinelFailover(t *testing.T) {
 	// Changes flow again, to all three, by push.
 	d := b.newNode(t, gameTable, "d")
 	converge(t, append(nodes, d), gameTable, "a,b,c,d")
-	if n := rc.HLen(context.Background(), keyOf(prefix, gameTable, "inst")).Val(); n != 4 {
+	if n := rc.HLen(context.Background(), protocol.TableKeys(prefix, gameTable).Inst).Val(); n != 4 {
 		t.Errorf("the new master holds %d registrations, want 4", n)
 	}
 	stopNode(t, d.w)
@@ -174,10 +175,10 @@ func TestSentinelMasterKilled(t *testing.T) {
 		})
 	}
 	eventually(t, "all three registered on the new master", func() bool {
-		return rc.HLen(context.Background(), keyOf(prefix, gameTable, "inst")).Val() == 3
+		return rc.HLen(context.Background(), protocol.TableKeys(prefix, gameTable).Inst).Val() == 3
 	})
 	t.Logf("every watcher subscribed and read the table on the new master %v after the kill", time.Since(killed).Round(time.Millisecond))
-	if n := m2.Do(t, "PUBSUB", "NUMSUB", keyOf(prefix, gameTable, "ch")).([]any)[1]; n != int64(3) {
+	if n := m2.Do(t, "PUBSUB", "NUMSUB", protocol.TableKeys(prefix, gameTable).Channel).([]any)[1]; n != int64(3) {
 		t.Errorf("%v subscribers on the new master, want 3", n)
 	}
 

@@ -61,7 +61,7 @@ func TestDiscoverAcrossWatchers(t *testing.T) {
 		}
 		// Each sees the two others added once, never itself.
 		for _, n := range []*node{a, bb, c} {
-			if err := n.w.Flush(context.Background()); err != nil { // events trail the view
+			if err := n.w.b.Flush(context.Background()); err != nil { // events trail the view
 				t.Fatal(err)
 			}
 			self := n.w.Self().ID
@@ -292,6 +292,39 @@ func TestRestartSameIDReplacesOldIncarnation(t *testing.T) {
 		}
 		if err := old.w.SetDesc(context.Background(), "x"); !errors.Is(err, ErrReplaced) {
 			t.Errorf("SetDesc of the replaced incarnation = %v", err)
+		}
+	})
+}
+
+// A process told that it was replaced naturally stops itself: Stop called from
+// the WithOnRegistrationLost callback returns promptly, not when its context ends.
+func TestStopFromRegistrationLost(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		checkLeaks(t)
+		stopped := make(chan error, 1)
+		var old *node
+		ready := make(chan struct{})
+		old = b.newNode(t, gameTable, "g", WithOnRegistrationLost(func(_ Instance, err error) {
+			<-ready
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			stopped <- old.w.Stop(ctx)
+		}))
+		close(ready)
+		b.newNode(t, gameTable, "g") // the same ID and Name: a restart elsewhere
+		select {
+		case err := <-stopped:
+			if err != nil {
+				t.Fatalf("Stop from the callback = %v", err)
+			}
+		case <-time.After(waitTimeout):
+			t.Fatal("the replaced incarnation was not told, or its Stop hung")
+		}
+		if old.w.Stats().Registered {
+			t.Error("stopped incarnation says Registered")
+		}
+		if err := old.w.Start(context.Background()); !errors.Is(err, ErrStopped) {
+			t.Errorf("Start after Stop = %v, want ErrStopped", err)
 		}
 	})
 }

@@ -1,5 +1,9 @@
 package svcwatch
 
+// validate.go: the checks of names, Descs and clients that keep bad input out of
+// the key layout. Pure functions, called by validate() and by the methods that
+// take an argument (Watch, SetDesc).
+
 import (
 	"fmt"
 	"reflect"
@@ -43,11 +47,11 @@ func checkName(what, s string, max int, slash bool) error {
 func checkTable(table string) error { return checkName("table", table, maxTableLen, true) }
 
 // checkSelf validates the instance a watcher registers (or, watch-only, its table).
-func checkSelf(self Instance, c *config) error {
+func checkSelf(self Instance, watchOnly bool, maxDesc int) error {
 	if err := checkTable(self.Table); err != nil {
 		return err
 	}
-	if c.watchOnly {
+	if watchOnly {
 		return nil
 	}
 	if err := checkName("id", self.ID, maxIDLen, false); err != nil {
@@ -56,7 +60,7 @@ func checkSelf(self Instance, c *config) error {
 	if err := checkName("name", self.Name, maxNameLen, true); err != nil {
 		return err
 	}
-	return checkDesc(self.Desc, c.maxDesc)
+	return checkDesc(self.Desc, maxDesc)
 }
 
 func checkDesc(desc string, max int) error {

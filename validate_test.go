@@ -3,6 +3,7 @@ package svcwatch
 import (
 	"context"
 	"errors"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -54,7 +55,6 @@ func TestBadInputIsErrInvalid(t *testing.T) {
 		{"bad prefix", client, ok, []Option{WithKeyPrefix("a b")}, "key prefix"},
 		{"empty prefix", client, ok, []Option{WithKeyPrefix("")}, "key prefix is empty"},
 		{"nil handler", client, ok, []Option{WithHandler(nil)}, "nil handler"},
-		{"nil logger", client, ok, []Option{WithLogger(nil)}, "nil logger"},
 		{"bad extra table", client, ok, []Option{WithTables("ok/table", "bad{")}, "hash tag"},
 		{"watch-only needs a table", client, Instance{}, []Option{WatchOnly()}, "table is empty"},
 	}
@@ -88,6 +88,34 @@ func TestBadInputIsErrInvalid(t *testing.T) {
 		}
 	})
 
+	t.Run("every problem at once", func(t *testing.T) {
+		bad := Instance{Table: "g/{x}", ID: "a/b", Name: ""}
+		_, err := NewRedisServiceWatcher(nil, bad, WithTTL(0), WithHandler(nil), WithKeyPrefix("a b"), WithTables("t t"))
+		if !errors.Is(err, ErrInvalid) {
+			t.Fatalf("err = %v", err)
+		}
+		for _, want := range []string{"nil redis client", "TTL 0s is not positive", "nil handler", "key prefix", "hash tag", `table "t t"`} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("err %q does not say %q", err, want)
+			}
+		}
+	})
+
+	t.Run("nil loggers keep the default", func(t *testing.T) {
+		w, err := NewRedisServiceWatcher(client, ok, WithLogger(nil))
+		if err != nil {
+			t.Fatalf("WithLogger(nil): %v", err)
+		}
+		if w.log == nil {
+			t.Error("no logger")
+		}
+		m := NewConnManager(func(context.Context, Instance) (io.Closer, error) { return nil, errors.New("unused") }, WithConnLogger(nil))
+		defer m.Close()
+		if m.cfg.logger == nil {
+			t.Error("ConnManager has no logger")
+		}
+	})
+
 	t.Run("watch-only ignores id and name", func(t *testing.T) {
 		w, err := NewRedisServiceWatcher(client, Instance{Table: "g/e/v/game", ID: "bad/id"}, WatchOnly())
 		if err != nil {
@@ -100,21 +128,21 @@ func TestBadInputIsErrInvalid(t *testing.T) {
 }
 
 func TestDefaults(t *testing.T) {
-	w, err := NewServiceWatcher(Instance{Table: "t", ID: "1", Name: "h:1"})
+	_, b, err := NewServiceWatcher(Instance{Table: "t", ID: "1", Name: "h:1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := w.cfg
-	if c.ttl != 10*time.Second || c.keepAlive != 2*time.Second || c.scan != 4*time.Second || c.prefix != "svcwatch" || c.maxDesc != 64<<10 {
-		t.Errorf("defaults: ttl %v keepalive %v scan %v prefix %q maxDesc %d", c.ttl, c.keepAlive, c.scan, c.prefix, c.maxDesc)
+	c := b.Config()
+	if c.TTL != 10*time.Second || c.KeepAlive != 2*time.Second || c.ScanInterval != 4*time.Second || c.KeyPrefix != "svcwatch" || c.MaxDescSize != 64<<10 {
+		t.Errorf("defaults: ttl %v keepalive %v scan %v prefix %q maxDesc %d", c.TTL, c.KeepAlive, c.ScanInterval, c.KeyPrefix, c.MaxDescSize)
 	}
 	// A short TTL brings the scan down with it, under TTL/2.
-	w, err = NewServiceWatcher(Instance{Table: "t", ID: "1", Name: "h:1"}, WithTTL(time.Second))
+	_, b, err = NewServiceWatcher(Instance{Table: "t", ID: "1", Name: "h:1"}, WithTTL(time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if w.cfg.keepAlive != 200*time.Millisecond || w.cfg.scan != 400*time.Millisecond {
-		t.Errorf("at TTL 1s: keepalive %v scan %v", w.cfg.keepAlive, w.cfg.scan)
+	if c := b.Config(); c.KeepAlive != 200*time.Millisecond || c.ScanInterval != 400*time.Millisecond {
+		t.Errorf("at TTL 1s: keepalive %v scan %v", c.KeepAlive, c.ScanInterval)
 	}
 }
 

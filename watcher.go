@@ -8,16 +8,34 @@
 //
 // A service manager builds its watcher at init with NewRedisServiceWatcher and
 // calls Start; see the package examples.
+//
+// # Goroutines
+//
+// A started RedisServiceWatcher runs three goroutines, each owned by the
+// watcher and ended by Stop:
+//
+//   - the heartbeat (redis_heartbeat.go): one script call per keepalive
+//     interval, which also reaps expired peers; it re-registers after data loss
+//     and stands down when replaced;
+//   - the sync loop (redis_sync.go): the pub/sub subscription, the safety-net
+//     scan and table reloads; it applies changes to the registry;
+//   - the event goroutine (dispatch.go): the only one that calls handlers and
+//     the WithOnRegistrationLost callback, one at a time, in order.
+//
+// Start, Stop, Watch and SetDesc run on the caller's goroutine. The go-redis
+// client runs goroutines of its own (the PubSub's reader and health check),
+// closed by Stop. A ConnManager owns one dial goroutine per accepted peer, ended
+// by its Close.
 package svcwatch
+
+// watcher.go: the public vocabulary: Instance, Path, Handler, Watcher, Stats and
+// the errors.
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	jsoniter "github.com/json-iterator/go"
@@ -143,173 +161,4 @@ type Stats struct {
 	FullLoads       uint64    // full reads of a table
 	Events          uint64    // handler calls made
 	LastSync        time.Time // when the view was last confirmed current (local clock)
-}
-
-// ServiceWatcher is the backend-free core of a watcher: the identity, the watched
-// tables, the registry of discovered instances and the event dispatcher. A backend
-// (RedisServiceWatcher) embeds it, finds out what the tables hold, and reports
-// that through ReplaceTable, PutInstance and RemoveInstance; the core turns those
-// into handler events. Its methods are safe for concurrent use.
-type ServiceWatcher struct {
-	cfg   config
-	log   *slog.Logger
-	clock clock
-	reg   *registry
-	disp  *dispatcher
-
-	mu     sync.Mutex
-	self   Instance
-	tables []string // watched, in the order they were added
-
-	fullLoads atomic.Uint64
-	lastSync  atomic.Int64 // unix nanoseconds
-	started   atomic.Bool
-}
-
-// NewServiceWatcher checks self and the options and builds the core. Backends call
-// it; applications use NewRedisServiceWatcher.
-func NewServiceWatcher(self Instance, opts ...Option) (*ServiceWatcher, error) {
-	cfg := defaultConfig()
-	for _, o := range opts {
-		if o != nil {
-			o(&cfg)
-		}
-	}
-	if err := cfg.finish(); err != nil {
-		return nil, err
-	}
-	if cfg.watchOnly {
-		self = Instance{Table: self.Table}
-	}
-	if err := checkSelf(self, &cfg); err != nil {
-		return nil, err
-	}
-	self.Incarnation, self.RegisteredAt = "", time.Time{}
-	w := &ServiceWatcher{cfg: cfg, log: cfg.logger, clock: cfg.clock, self: self}
-	skip := ""
-	if !cfg.watchOnly {
-		skip = self.Key()
-	}
-	w.disp = newDispatcher(cfg.handlers, skip, cfg.logger)
-	w.reg = newRegistry(w.disp.enqueue)
-	for _, t := range append([]string{self.Table}, cfg.tables...) {
-		if err := checkTable(t); err != nil {
-			return nil, err
-		}
-		w.addTable(t)
-	}
-	return w, nil
-}
-
-// Self returns this process's instance, with its current incarnation and
-// registration time (zero until registered).
-func (w *ServiceWatcher) Self() Instance {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.self
-}
-
-// Services returns the instances of a watched table, sorted by ID, self included.
-// It returns nil for a table that is not watched or not loaded yet.
-func (w *ServiceWatcher) Services(table string) []Instance {
-	if !w.reg.loaded(table) {
-		return nil
-	}
-	return w.reg.list(table)
-}
-
-// Lookup returns the instance id of a watched table.
-func (w *ServiceWatcher) Lookup(table, id string) (Instance, bool) { return w.reg.lookup(table, id) }
-
-// Tables returns the watched tables, in the order they were added.
-func (w *ServiceWatcher) Tables() []string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return append([]string(nil), w.tables...)
-}
-
-// Stats returns the backend-free counters: FullLoads, Events and LastSync.
-func (w *ServiceWatcher) Stats() Stats {
-	s := Stats{FullLoads: w.fullLoads.Load(), Events: w.disp.events.Load()}
-	if ns := w.lastSync.Load(); ns != 0 {
-		s.LastSync = time.Unix(0, ns)
-	}
-	return s
-}
-
-// ReplaceTable makes insts the whole current view of table (a full read) and marks
-// the view synced. An instance missing from insts is removed, or, when
-// holdAbsentUntil is not zero, kept until then unless it comes back: a backend
-// that suspects lost data, not dead processes, holds removals back.
-func (w *ServiceWatcher) ReplaceTable(table string, insts []Instance, holdAbsentUntil time.Time) {
-	w.fullLoads.Add(1)
-	w.reg.replace(table, insts, holdAbsentUntil)
-	w.MarkSynced()
-}
-
-// PutInstance adds or updates one instance of a loaded table.
-func (w *ServiceWatcher) PutInstance(inst Instance) { w.reg.put(inst) }
-
-// RemoveInstance removes one instance, or holds it until holdUntil when that is
-// not zero.
-func (w *ServiceWatcher) RemoveInstance(table, id string, holdUntil time.Time) {
-	w.reg.remove(table, id, holdUntil)
-}
-
-// ReleaseHolds removes the held instances whose hold has ended by now.
-func (w *ServiceWatcher) ReleaseHolds(now time.Time) { w.reg.releaseHolds(now) }
-
-// MarkSynced records that the view was confirmed current now.
-func (w *ServiceWatcher) MarkSynced() { w.lastSync.Store(w.clock.Now().UnixNano()) }
-
-// Flush waits until every event queued so far has been handled. Called from a
-// handler it returns at once (the events follow when the handler returns).
-func (w *ServiceWatcher) Flush(ctx context.Context) error { return w.disp.flush(ctx) }
-
-// StartEvents starts the goroutine that calls the handlers. A backend calls it
-// once, before its first ReplaceTable.
-func (w *ServiceWatcher) StartEvents() {
-	if w.started.CompareAndSwap(false, true) {
-		go w.disp.run()
-	}
-}
-
-// StopEvents stops event delivery: no handler is called after it returns (except
-// that a handler calling it finishes). It waits for the event goroutine until ctx
-// ends, and is idempotent.
-func (w *ServiceWatcher) StopEvents(ctx context.Context) error {
-	w.disp.stop()
-	if !w.started.Load() {
-		return nil
-	}
-	return w.disp.wait(ctx)
-}
-
-// addTable records table as watched; it reports whether it was new.
-func (w *ServiceWatcher) addTable(table string) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, t := range w.tables {
-		if t == table {
-			return false
-		}
-	}
-	w.tables = append(w.tables, table)
-	return true
-}
-
-// SetRegistration records self's current incarnation and the (server) time it
-// registered; a backend calls it as it registers. Self reports them.
-func (w *ServiceWatcher) SetRegistration(incarnation string, at time.Time) {
-	w.setSelf(func(s *Instance) { s.Incarnation, s.RegisteredAt = incarnation, at })
-}
-
-// SetSelfDesc records self's Desc; a backend calls it once the new Desc is
-// stored (or, before Start, to have it registered).
-func (w *ServiceWatcher) SetSelfDesc(desc string) { w.setSelf(func(s *Instance) { s.Desc = desc }) }
-
-func (w *ServiceWatcher) setSelf(f func(*Instance)) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	f(&w.self)
 }

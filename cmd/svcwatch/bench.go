@@ -20,6 +20,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/svcwatch/svcwatch"
+	"github.com/svcwatch/svcwatch/protocol"
 )
 
 type benchOpts struct {
@@ -162,7 +163,7 @@ func (b *bench) cleanup(errOut io.Writer) {
 	defer cancel()
 	for _, t := range []string{b.table, b.idleTable} {
 		// One DEL per table: its keys share a hash tag, so a Cluster takes it.
-		if err := b.admin.Del(ctx, tableKeys(b.g.prefix, t)...).Err(); err != nil {
+		if err := b.admin.Del(ctx, protocol.TableKeys(b.g.prefix, t).All()...).Err(); err != nil {
 			fmt.Fprintf(errOut, "svcwatch: warning: could not delete the keys of %s: %v\n", t, err)
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/svcwatch/svcwatch"
+	"github.com/svcwatch/svcwatch/protocol"
 )
 
 const eventTimeout = 10 * time.Second // a receipt later than this counts as missed
@@ -101,7 +102,7 @@ func (b *bench) propagation(ctx context.Context, tr *tracker) error {
 // and the network (up to the probe) and the library's client side (after it).
 func (b *bench) startProbe(ctx context.Context) (*tracker, func(), error) {
 	c := b.g.newClient(clientOpts{})
-	ps := c.Subscribe(ctx, b.g.prefix+":{"+b.table+"}:ch")
+	ps := c.Subscribe(ctx, protocol.TableKeys(b.g.prefix, b.table).Channel)
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	_, err := ps.Receive(rctx) // the subscribe confirmation
 	cancel()
@@ -209,7 +210,7 @@ func (b *bench) startFloor(ctx context.Context) (*floor, error) {
 	n := b.o.watchers
 	f := &floor{
 		c: b.g.newClient(clientOpts{}), pub: b.g.newClient(clientOpts{}),
-		channel: b.g.prefix + ":{" + b.table + "}:floor", tr: newTracker(n),
+		channel: protocol.Key(b.g.prefix, b.table, "floor"), tr: newTracker(n),
 	}
 	if err := f.pub.Ping(ctx).Err(); err != nil { // connect before timing
 		f.close()
@@ -280,7 +281,7 @@ func (b *bench) polling(ctx context.Context) error {
 	c := b.g.newClient(clientOpts{poolSize: n})
 	defer c.Close()
 	tr := newTracker(n)
-	inst := tableKeys(b.g.prefix, b.table)[0]
+	inst := protocol.TableKeys(b.g.prefix, b.table).Inst
 	pctx, stopPollers := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() {
@@ -422,7 +423,7 @@ func (b *bench) idleCost(ctx context.Context) error {
 }
 
 // isRoundTrip tells the commands a client sends from those the library's
-// scripts call (internal/scripts/*.lua); during the idle window only the
+// scripts call (protocol/scripts/*.lua); during the idle window only the
 // library runs, so those ran inside its scripts.
 func isRoundTrip(cmd string) bool {
 	switch cmd {

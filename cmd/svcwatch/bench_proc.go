@@ -15,7 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/svcwatch/svcwatch"
-	"github.com/svcwatch/svcwatch/internal/scripts"
+	"github.com/svcwatch/svcwatch/protocol"
 )
 
 // proc is one svcwatch watcher of the bench (a process or a watch-only
@@ -130,8 +130,8 @@ type sendHook struct {
 }
 
 var (
-	registerSHA   = redis.NewScript(scripts.Register).Hash()
-	deregisterSHA = redis.NewScript(scripts.Deregister).Hash()
+	registerSHA   = redis.NewScript(protocol.Register).Hash()
+	deregisterSHA = redis.NewScript(protocol.Deregister).Hash()
 )
 
 func (h *sendHook) DialHook(next redis.DialHook) redis.DialHook { return next }
@@ -143,9 +143,9 @@ func (h *sendHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		if name := cmd.Name(); name == "evalsha" || name == "eval" {
 			if args := cmd.Args(); len(args) > 1 {
 				switch args[1] {
-				case registerSHA, scripts.Register:
+				case registerSHA, protocol.Register:
 					h.mark("register")
-				case deregisterSHA, scripts.Deregister:
+				case deregisterSHA, protocol.Deregister:
 					h.mark("deregister")
 				}
 			}

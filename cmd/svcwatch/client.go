@@ -195,13 +195,6 @@ func isAuthError(err error) bool {
 	return false
 }
 
-// tableKeys returns the Redis keys of a table, in the order the scripts take
-// them: inst, exp, rev, epoch, meta.
-func tableKeys(prefix, table string) []string {
-	base := prefix + ":{" + table + "}:"
-	return []string{base + "inst", base + "exp", base + "rev", base + "epoch", base + "meta"}
-}
-
 // checkTableArg refuses names that cannot be a table, before Redis is asked.
 func checkTableArg(table string) error {
 	if table == "" || strings.ContainsAny(table, "{}") || strings.IndexFunc(table, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0 {

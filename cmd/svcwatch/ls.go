@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,6 +15,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/svcwatch/svcwatch/protocol"
 )
 
 const descWidth = 40
@@ -63,15 +64,6 @@ return {now, redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3], KEYS[4]),
   redis.call('HGETALL', KEYS[1]), redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES'),
   redis.call('GET', KEYS[3]) or ''}
 `)
-
-// storedRecord mirrors the record the library's scripts write.
-type storedRecord struct {
-	Inc  string `json:"inc"`
-	Name string `json:"name"`
-	Desc string `json:"desc"`
-	Reg  int64  `json:"reg"`
-	TTL  int64  `json:"ttl"`
-}
 
 var errTableNotFound = errors.New("not found")
 
@@ -126,7 +118,7 @@ func runLs(ctx context.Context, g *globalOpts, fs *flag.FlagSet, out io.Writer, 
 
 // readTable returns the rows of a table sorted by ID, or errTableNotFound.
 func readTable(ctx context.Context, c redis.UniversalClient, prefix, table string) ([]lsRow, error) {
-	res, err := lsScript.Run(ctx, c, tableKeys(prefix, table)[:4]).Slice()
+	res, err := lsScript.Run(ctx, c, protocol.TableKeys(prefix, table).Script()[:4]).Slice()
 	if err != nil {
 		return nil, fmt.Errorf("read table %s: %w", table, err)
 	}
@@ -155,10 +147,10 @@ func readTable(ctx context.Context, c redis.UniversalClient, prefix, table strin
 	rows := make([]lsRow, 0, len(records))
 	for id, raw := range records {
 		r := lsRow{Table: table, ID: id}
-		var rec storedRecord
-		if err := json.Unmarshal([]byte(raw), &rec); err != nil {
-			r.Error, r.Raw = err.Error(), raw
-		} else if rec.Inc == "" || rec.Name == "" {
+		if rec, err := protocol.DecodeRecord(raw); err != nil {
+			// The reason alone: the row already says the record is unreadable.
+			r.Error, r.Raw = strings.TrimPrefix(err.Error(), protocol.ErrBadData.Error()+": "), raw
+		} else if rec.Name == "" {
 			r.Error, r.Raw = "no incarnation or name", raw
 		} else {
 			r.Name, r.Incarnation, r.Desc, r.TTLMS = rec.Name, rec.Inc, rec.Desc, rec.TTL

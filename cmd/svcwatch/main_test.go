@@ -20,6 +20,7 @@ import (
 
 	"github.com/svcwatch/svcwatch"
 	"github.com/svcwatch/svcwatch/internal/redistest"
+	"github.com/svcwatch/svcwatch/protocol"
 )
 
 // waitTimeout bounds every wait; nothing asserts on how fast things are.
@@ -116,11 +117,11 @@ func TestTablesAndLs(t *testing.T) {
 	register(t, addr, gate, "g3", "127.0.0.1:7003", "")
 	register(t, addr, chat, "c1", "127.0.0.1:8001", `{}`)
 	// Damaged data: a record that is not JSON, with a live deadline.
-	bad := tableKeys("svcwatch", "game/prod/v1/bad")
-	srv.Do(t, "HSET", bad[0], "x1", "not json")
-	srv.Do(t, "ZADD", bad[1], time.Now().Add(time.Hour).UnixMilli(), "x1")
+	bad := protocol.TableKeys("svcwatch", "game/prod/v1/bad")
+	srv.Do(t, "HSET", bad.Inst, "x1", "not json")
+	srv.Do(t, "ZADD", bad.Exp, time.Now().Add(time.Hour).UnixMilli(), "x1")
 	// Another prefix is not listed.
-	srv.Do(t, "HSET", "other:{game/prod/v1/gate}:inst", "g9", "{}")
+	srv.Do(t, "HSET", protocol.TableKeys("other", gate).Inst, "g9", "{}")
 
 	t.Run("tables", func(t *testing.T) {
 		out, errOut, code := runCmd(t, "-addr", addr, "tables")
@@ -529,14 +530,15 @@ func TestHelpers(t *testing.T) {
 	if got := truncate("héllo", 5); got != "héllo" {
 		t.Errorf("truncate: %q", got)
 	}
-	if got, ok := tableOfInstKey("p", "p:{a/b}:inst"); !ok || got != "a/b" {
-		t.Errorf("tableOfInstKey: %q %v", got, ok)
+	if got, ok := protocol.TableOf("p", protocol.SuffixInst, protocol.TableKeys("p", "a/b").Inst); !ok || got != "a/b" {
+		t.Errorf("TableOf: %q %v", got, ok)
 	}
-	if _, ok := tableOfInstKey("p", "p:{a}b}:inst"); ok {
-		t.Error("tableOfInstKey took a key with a brace in the table")
+	if _, ok := protocol.TableOf("p", protocol.SuffixInst, protocol.TableKeys("p", "a}b").Inst); ok {
+		t.Error("TableOf took a key with a brace in the table")
 	}
-	if got := globEscape(`a*b?[c]\`); got != `a\*b\?\[c\]\\` {
-		t.Errorf("globEscape: %q", got)
+	// The prefix's glob characters escaped, any table, the record hash.
+	if got, want := protocol.InstPattern(`a*b?[c]\`), protocol.Key(`a\*b\?\[c\]\\`, "*", protocol.SuffixInst); got != want {
+		t.Errorf("InstPattern: %q, want %q", got, want)
 	}
 	ds := []time.Duration{5, 1, 4, 2, 3}
 	d := distOf(ds, 1)
@@ -569,7 +571,7 @@ func TestCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { stop(t, w) })
-		masters[cl.MasterForKey(t, tableKeys("svcwatch", table)[0]).Addr()] = true
+		masters[cl.MasterForKey(t, protocol.TableKeys("svcwatch", table).Inst).Addr()] = true
 	}
 	if len(masters) < 2 {
 		t.Logf("the tables landed on %d master(s) only", len(masters))

@@ -8,11 +8,12 @@ import (
 	"io"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"text/tabwriter"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/svcwatch/svcwatch/protocol"
 )
 
 func tablesCommand() *command {
@@ -78,13 +79,13 @@ func runTables(ctx context.Context, g *globalOpts, fs *flag.FlagSet, out, errOut
 // findTables lists the tables that have an inst hash, with SCAN (never KEYS):
 // on a Cluster, on every master, since SCAN walks one node.
 func findTables(ctx context.Context, c redis.UniversalClient, prefix string) ([]string, error) {
-	pattern := globEscape(prefix) + ":{*}:inst"
+	pattern := protocol.InstPattern(prefix)
 	var mu sync.Mutex
 	found := map[string]bool{}
 	scan := func(ctx context.Context, node redis.Cmdable) error {
 		it := node.Scan(ctx, 0, pattern, 1000).Iterator()
 		for it.Next(ctx) {
-			if t, ok := tableOfInstKey(prefix, it.Val()); ok {
+			if t, ok := protocol.TableOf(prefix, protocol.SuffixInst, it.Val()); ok {
 				mu.Lock()
 				found[t] = true
 				mu.Unlock()
@@ -109,31 +110,6 @@ func findTables(ctx context.Context, c redis.UniversalClient, prefix string) ([]
 	return names, nil
 }
 
-// tableOfInstKey inverts prefix:{table}:inst.
-func tableOfInstKey(prefix, key string) (string, bool) {
-	t, ok := strings.CutPrefix(key, prefix+":{")
-	if !ok {
-		return "", false
-	}
-	t, ok = strings.CutSuffix(t, "}:inst")
-	if !ok || t == "" || strings.ContainsAny(t, "{}") {
-		return "", false
-	}
-	return t, true
-}
-
-// globEscape quotes the characters SCAN MATCH would take as a pattern.
-func globEscape(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		if strings.ContainsRune(`*?[]\`, r) {
-			b.WriteByte('\\')
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
-}
-
 // statTables counts the tables, pipelined in batches: one round trip per
 // batch (per node on a Cluster) however many tables there are.
 func statTables(ctx context.Context, c redis.UniversalClient, prefix string, names []string) ([]tableInfo, error) {
@@ -146,7 +122,7 @@ func statTables(ctx context.Context, c redis.UniversalClient, prefix string, nam
 		pipe := c.Pipeline()
 		cmds := make([]*redis.Cmd, 0, end-start)
 		for _, t := range names[start:end] {
-			cmds = append(cmds, pipe.Eval(ctx, tableStatScript, tableKeys(prefix, t)[:4]))
+			cmds = append(cmds, pipe.Eval(ctx, tableStatScript, protocol.TableKeys(prefix, t).Script()[:4]))
 		}
 		_, _ = pipe.Exec(ctx) // each command carries its own error
 		for i, cmd := range cmds {

@@ -16,7 +16,7 @@ import (
 // clusterSlots is the number of hash slots of a Redis Cluster.
 const clusterSlots = 16384
 
-// ClusterOptions configures StartCluster. Zero fields take the defaults.
+// ClusterOptions configures StartCluster and NewCluster. Zero fields take the defaults.
 type ClusterOptions struct {
 	// Masters is the number of masters, default 3; redis-cli cannot create
 	// a cluster with fewer than 3.
@@ -38,12 +38,29 @@ type Cluster struct {
 // each with an explicit cluster bus port of its own, joins them with
 // `redis-cli --cluster create ... --cluster-replicas N --cluster-yes`, and
 // waits until every node reports cluster_state:ok and all 16384 slots are
-// covered. Cleanup kills every node and removes their dirs. It needs
-// redis-cli on PATH as well (skips or fails t like Require).
+// covered. Cleanup closes the cluster (kills every node and removes their
+// dirs). It needs redis-cli on PATH as well (skips or fails t like Require).
+// It is NewCluster for a testing.TB.
 func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 	t.Helper()
-	bin := requireBinary(t, "redis-server")
-	cli := requireBinary(t, "redis-cli")
+	c, err := NewCluster(opts)
+	SkipOrFatal(t, err)
+	t.Cleanup(func() { closeAtCleanup(t, c) })
+	return c
+}
+
+// NewCluster starts a cluster like StartCluster but with no testing.TB: the
+// caller must Close it. The error matches ErrMissing when redis-server or
+// redis-cli is not on PATH; on any error nothing is left running.
+func NewCluster(opts ClusterOptions) (*Cluster, error) {
+	bin, err := lookBinary("redis-server")
+	if err != nil {
+		return nil, err
+	}
+	cli, err := lookBinary("redis-cli")
+	if err != nil {
+		return nil, err
+	}
 	if opts.Masters == 0 {
 		opts.Masters = 3
 	}
@@ -51,29 +68,52 @@ func StartCluster(t testing.TB, opts ClusterOptions) *Cluster {
 		opts.NodeTimeout = 3 * time.Second
 	}
 	if opts.Masters < 3 || opts.Replicas < 0 || opts.NodeTimeout < time.Millisecond {
-		t.Fatalf("redistest: StartCluster: invalid options %+v (need Masters >= 3, Replicas >= 0, NodeTimeout >= 1ms)", opts)
+		return nil, fmt.Errorf("redistest: StartCluster: invalid options %+v (need Masters >= 3, Replicas >= 0, NodeTimeout >= 1ms)", opts)
 	}
 	c := &Cluster{opts: opts}
-	n := opts.Masters * (1 + opts.Replicas)
+	if err := c.start(bin, cli); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// start starts the nodes, joins them and waits until the cluster is healthy.
+func (c *Cluster) start(bin, cli string) error {
+	n := c.opts.Masters * (1 + c.opts.Replicas)
 	for i := 0; i < n; i++ {
-		s := newServer(t, bin, fmt.Sprintf("cluster-node-%d", i), modeCluster, ServerOptions{}, nil)
-		s.nodeTimeout = opts.NodeTimeout
-		s.startFirst(t)
-		c.nodes = append(c.nodes, s)
+		s, err := newServer(bin, fmt.Sprintf("cluster-node-%d", i), modeCluster, ServerOptions{}, nil)
+		if err != nil {
+			return err
+		}
+		s.nodeTimeout = c.opts.NodeTimeout
+		c.nodes = append(c.nodes, s) // closed by Close from now on
+		if err := s.startFirst(); err != nil {
+			return err
+		}
 	}
 
 	args := append([]string{"--cluster", "create"}, c.Addrs()...)
-	args = append(args, "--cluster-replicas", strconv.Itoa(opts.Replicas), "--cluster-yes")
+	args = append(args, "--cluster-replicas", strconv.Itoa(c.opts.Replicas), "--cluster-yes")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, cli, args...)
 	cmd.SysProcAttr = sysProcAttr()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Fatalf("redistest: %s %s: %v\n%s\n%s", cli, strings.Join(args, " "), err, out, c.logTails())
+		return fmt.Errorf("redistest: %s %s: %v\n%s\n%s", cli, strings.Join(args, " "), err, out, c.logTails())
 	}
-	c.WaitHealthy(t)
-	return c
+	return c.waitHealthy()
+}
+
+// Close kills every node (even frozen ones), waits until they have exited
+// and removes their directories. It is idempotent.
+func (c *Cluster) Close() error {
+	var errs []error
+	for i := len(c.nodes) - 1; i >= 0; i-- {
+		errs = append(errs, c.nodes[i].Close())
+	}
+	return errors.Join(errs...)
 }
 
 // Addrs returns the "127.0.0.1:port" address of every node, live or not,
@@ -110,10 +150,17 @@ func (c *Cluster) Client(t testing.TB, opts ...func(*redis.ClusterOptions)) *red
 // deadline of 30s plus 5 node timeouts.
 func (c *Cluster) WaitHealthy(t testing.TB) {
 	t.Helper()
+	if err := c.waitHealthy(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (c *Cluster) waitHealthy() error {
 	timeout := 30*time.Second + 5*c.opts.NodeTimeout
 	if err := poll(timeout, c.healthy); err != nil {
-		t.Fatalf("redistest: cluster not healthy: %v\n%s", err, c.logTails())
+		return fmt.Errorf("redistest: cluster not healthy: %v\n%s", err, c.logTails())
 	}
+	return nil
 }
 
 // MasterForKey returns the node serving key's slot now: CLUSTER KEYSLOT,

@@ -1,11 +1,22 @@
 // Package redistest starts real Redis servers, clusters and sentinels from the
 // redis-server binary for use in tests.
 //
-// Every process listens on 127.0.0.1 on a free port (never 6379), runs in its
-// own process group with its own temporary directory and log file, and is
-// killed and waited for by a t.Cleanup registered when it is started. Each
-// running process is watched by one goroutine until it exits, so leak checks
-// (goleak) should run after cleanups, e.g. with goleak.VerifyTestMain.
+// Every process listens on 127.0.0.1 on a free port (never 6379) and runs in
+// its own process group with its own temporary directory and log file.
+//
+// There are two ways to start things. StartServer, StartCluster and
+// StartSentinel tie them to a testing.TB: they skip the test when redis-server
+// is missing (see Require), fail it when the start fails, and register a
+// t.Cleanup that closes what they started. NewServer, NewCluster and
+// NewSentinel need no testing.TB, for things that outlive one test (e.g.
+// shared by a whole test binary and closed after m.Run): they return an error
+// instead (one that matches ErrMissing when the binary is missing; see
+// SkipOrFatal) and the caller must call Close, which kills the processes
+// (frozen or not), waits for them and removes their directories. The Start
+// functions are thin wrappers over the New ones.
+//
+// Each running process is watched by one goroutine until it exits, so leak
+// checks (goleak) should run after cleanups, e.g. with goleak.VerifyTestMain.
 //
 // All waits are polls against a generous deadline; nothing asserts timing.
 package redistest
@@ -39,25 +50,60 @@ const (
 	maxBusFreeTop = 55535 // data ports below this keep port+10000 valid
 )
 
+// ErrMissing is matched (errors.Is) by the error of NewServer, NewCluster
+// and NewSentinel when a binary they need (redis-server, redis-cli) is not on
+// PATH or this OS cannot run the helpers. Tests usually skip then; see
+// SkipOrFatal.
+var ErrMissing = errors.New("redistest: redis binary missing")
+
+// missingError is an ErrMissing with a message of its own.
+type missingError struct{ msg string }
+
+func (e *missingError) Error() string        { return e.msg }
+func (e *missingError) Is(target error) bool { return target == ErrMissing }
+
 // Require skips t (or fails it when env SVCWATCH_REQUIRE_REDIS=1) if
 // redis-server is not on PATH or this OS cannot run the helpers. Every
-// exported helper that starts a process calls it.
+// exported helper that starts a process for a testing.TB does the same.
 func Require(t testing.TB) {
 	t.Helper()
 	requireBinary(t, "redis-server")
 }
 
+// SkipOrFatal does nothing when err is nil. When err matches ErrMissing it
+// skips t, or fails it when env SVCWATCH_REQUIRE_REDIS=1; any other error
+// fails t. It is what StartServer, StartCluster and StartSentinel do with the
+// error of NewServer, NewCluster and NewSentinel.
+func SkipOrFatal(t testing.TB, err error) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	if errors.Is(err, ErrMissing) {
+		missing(t, err.Error())
+	}
+	t.Fatal(err)
+}
+
 // requireBinary returns the absolute path of name, or skips/fails t.
 func requireBinary(t testing.TB, name string) string {
 	t.Helper()
+	path, err := lookBinary(name)
+	SkipOrFatal(t, err)
+	return path
+}
+
+// lookBinary returns the absolute path of name, or an error matching
+// ErrMissing.
+func lookBinary(name string) (string, error) {
 	if !procSupported {
-		missing(t, "redistest: processes cannot be controlled on this OS")
+		return "", &missingError{"redistest: processes cannot be controlled on this OS"}
 	}
 	path, err := exec.LookPath(name)
 	if err != nil {
-		missing(t, fmt.Sprintf("redistest: %s not found on PATH: %v", name, err))
+		return "", &missingError{fmt.Sprintf("redistest: %s not found on PATH: %v", name, err)}
 	}
-	return path
+	return path, nil
 }
 
 func missing(t testing.TB, msg string) {

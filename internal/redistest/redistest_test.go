@@ -222,11 +222,13 @@ func TestStartRetriesWhileBusy(t *testing.T) {
 	}
 }
 
-// fakeTB records Fatalf instead of failing the real test.
+// fakeTB records Fatalf and Skip instead of failing or skipping the real
+// test.
 type fakeTB struct {
 	testing.TB
 	mu       sync.Mutex
 	fatal    string
+	skip     string
 	cleanups []func()
 }
 
@@ -237,11 +239,103 @@ func (f *fakeTB) Fatalf(format string, args ...any) {
 	f.mu.Unlock()
 	runtime.Goexit()
 }
+func (f *fakeTB) Fatal(args ...any) { f.Fatalf("%s", fmt.Sprint(args...)) }
+func (f *fakeTB) Skip(args ...any) {
+	f.mu.Lock()
+	f.skip = fmt.Sprint(args...)
+	f.mu.Unlock()
+	runtime.Goexit()
+}
 func (f *fakeTB) Errorf(format string, args ...any) { f.Fatalf(format, args...) }
 func (f *fakeTB) Cleanup(fn func())                 { f.cleanups = append(f.cleanups, fn) }
 func (f *fakeTB) runCleanups() {
 	for i := len(f.cleanups) - 1; i >= 0; i-- {
 		f.cleanups[i]()
+	}
+}
+
+// runFake calls f with a fakeTB on a goroutine of its own (Fatalf and Skip end
+// it), runs the fakeTB's cleanups and returns it.
+func runFake(t *testing.T, f func(tb testing.TB)) *fakeTB {
+	fk := &fakeTB{TB: t}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f(fk)
+	}()
+	<-done
+	fk.runCleanups()
+	return fk
+}
+
+// TestNewServerWithoutTB starts a server with no testing.TB: it answers,
+// Close kills and reaps it and removes its dir, Close is idempotent, and a
+// closed server cannot be started again.
+func TestNewServerWithoutTB(t *testing.T) {
+	s, err := NewServer(ServerOptions{})
+	SkipOrFatal(t, err)
+	t.Cleanup(func() { _ = s.Close() }) // in case the test fails before Close
+	if !s.Running() || s.Port() == 0 || s.Port() == 6379 {
+		t.Fatalf("bad server %s, running %v", s, s.Running())
+	}
+	s.mu.Lock()
+	pid := s.proc.pid
+	s.mu.Unlock()
+	dir := s.Dir()
+
+	c := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	if v, err := c.Ping(ctx(t)).Result(); err != nil || v != "PONG" {
+		t.Fatalf("PING = %q, %v", v, err)
+	}
+	c.Close()
+
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if s.Running() {
+		t.Fatal("running after Close")
+	}
+	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Fatalf("pid %d still exists after Close: %v", pid, err)
+	}
+	if _, err := probe(s.Addr()); err == nil {
+		t.Fatal("closed server still answers PING")
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("dir %s not removed: %v", dir, err)
+	}
+	if f := runFake(t, func(tb testing.TB) { s.Start(tb) }); !strings.Contains(f.fatal, "closed") {
+		t.Fatalf("Start after Close: fatal %q", f.fatal)
+	}
+}
+
+// TestMissingBinary checks that the New functions report a missing binary as
+// ErrMissing and that the Start functions skip on it, or fail with
+// SVCWATCH_REQUIRE_REDIS=1.
+func TestMissingBinary(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	if _, err := NewServer(ServerOptions{}); !errors.Is(err, ErrMissing) {
+		t.Fatalf("NewServer: err = %v, want ErrMissing", err)
+	}
+	if _, err := NewCluster(ClusterOptions{}); !errors.Is(err, ErrMissing) {
+		t.Fatalf("NewCluster: err = %v, want ErrMissing", err)
+	}
+	if _, err := NewSentinel("m"); !errors.Is(err, ErrMissing) {
+		t.Fatalf("NewSentinel: err = %v, want ErrMissing", err)
+	}
+
+	t.Setenv(RequireEnv, "")
+	f := runFake(t, func(tb testing.TB) { StartServer(tb, ServerOptions{}) })
+	if f.fatal != "" || !strings.Contains(f.skip, "redis-server not found") {
+		t.Fatalf("StartServer without redis-server: skip %q, fatal %q; want a skip", f.skip, f.fatal)
+	}
+	t.Setenv(RequireEnv, "1")
+	f = runFake(t, func(tb testing.TB) { StartCluster(tb, ClusterOptions{}) })
+	if f.skip != "" || !strings.Contains(f.fatal, "not found") || !strings.Contains(f.fatal, RequireEnv) {
+		t.Fatalf("StartCluster without redis-server, %s=1: skip %q, fatal %q; want a failure", RequireEnv, f.skip, f.fatal)
 	}
 }
 

@@ -1,6 +1,7 @@
 package redistest
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -19,35 +20,76 @@ type Sentinel struct {
 	sentinel *Server
 }
 
-// failoverTimeout bounds each wait of Failover and StartSentinel.
+// failoverTimeout bounds each wait of Failover and StartSentinel (NewSentinel).
 const failoverTimeout = 30 * time.Second
 
 // StartSentinel starts a master, a replica of it and a sentinel (redis-server
 // --sentinel) with `sentinel monitor <masterName> 127.0.0.1 <port> 1`,
 // down-after-milliseconds 1000 and failover-timeout 5000, then waits until the
 // sentinel reports the master, the replica is in sync, and the sentinel sees
-// the replica as a healthy promotion candidate. Cleanup kills all three
-// (the sentinel first).
+// the replica as a healthy promotion candidate. Cleanup closes the setup
+// (kills all three, the sentinel first). It is NewSentinel for a testing.TB.
 func StartSentinel(t testing.TB, masterName string) *Sentinel {
 	t.Helper()
-	bin := requireBinary(t, "redis-server")
-	if masterName == "" || strings.ContainsAny(masterName, " \t\r\n\"'") {
-		t.Fatalf("redistest: StartSentinel: bad master name %q", masterName)
-	}
-	master := newServer(t, bin, "sentinel-master", modeStandalone, ServerOptions{}, nil)
-	master.startFirst(t)
-	replica := newServer(t, bin, "sentinel-replica", modeStandalone, ServerOptions{},
-		[]string{fmt.Sprintf("replicaof 127.0.0.1 %d", master.Port())})
-	replica.startFirst(t)
-	sn := newServer(t, bin, "redis-sentinel", modeSentinel, ServerOptions{}, []string{
-		fmt.Sprintf("sentinel monitor %s 127.0.0.1 %d 1", masterName, master.Port()),
-		fmt.Sprintf("sentinel down-after-milliseconds %s 1000", masterName),
-		fmt.Sprintf("sentinel failover-timeout %s 5000", masterName),
-	})
-	sn.startFirst(t)
-	s := &Sentinel{name: masterName, servers: []*Server{master, replica}, sentinel: sn}
+	s, err := NewSentinel(masterName)
+	SkipOrFatal(t, err)
+	t.Cleanup(func() { closeAtCleanup(t, s) })
+	return s
+}
 
-	err := poll(failoverTimeout, func() error {
+// NewSentinel starts a master, a replica and a sentinel like StartSentinel
+// but with no testing.TB: the caller must Close them. The error matches
+// ErrMissing when redis-server is not on PATH; on any error nothing is left
+// running.
+func NewSentinel(masterName string) (*Sentinel, error) {
+	bin, err := lookBinary("redis-server")
+	if err != nil {
+		return nil, err
+	}
+	if masterName == "" || strings.ContainsAny(masterName, " \t\r\n\"'") {
+		return nil, fmt.Errorf("redistest: StartSentinel: bad master name %q", masterName)
+	}
+	s := &Sentinel{name: masterName}
+	if err := s.start(bin); err != nil {
+		_ = s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// start starts the three processes and waits until the setup is ready.
+func (s *Sentinel) start(bin string) error {
+	master, err := newServer(bin, "sentinel-master", modeStandalone, ServerOptions{}, nil)
+	if err != nil {
+		return err
+	}
+	s.servers = append(s.servers, master) // closed by Close from now on
+	if err := master.startFirst(); err != nil {
+		return err
+	}
+	replica, err := newServer(bin, "sentinel-replica", modeStandalone, ServerOptions{},
+		[]string{fmt.Sprintf("replicaof 127.0.0.1 %d", master.Port())})
+	if err != nil {
+		return err
+	}
+	s.servers = append(s.servers, replica)
+	if err := replica.startFirst(); err != nil {
+		return err
+	}
+	sn, err := newServer(bin, "redis-sentinel", modeSentinel, ServerOptions{}, []string{
+		fmt.Sprintf("sentinel monitor %s 127.0.0.1 %d 1", s.name, master.Port()),
+		fmt.Sprintf("sentinel down-after-milliseconds %s 1000", s.name),
+		fmt.Sprintf("sentinel failover-timeout %s 5000", s.name),
+	})
+	if err != nil {
+		return err
+	}
+	s.sentinel = sn
+	if err := sn.startFirst(); err != nil {
+		return err
+	}
+
+	err = poll(failoverTimeout, func() error {
 		addr, err := s.masterAddr()
 		if err != nil {
 			return err
@@ -65,9 +107,23 @@ func StartSentinel(t testing.TB, masterName string) *Sentinel {
 		return s.goodReplica(master.Addr())
 	})
 	if err != nil {
-		t.Fatalf("redistest: StartSentinel: %v\n%s", err, s.logTails())
+		return fmt.Errorf("redistest: StartSentinel: %v\n%s", err, s.logTails())
 	}
-	return s
+	return nil
+}
+
+// Close kills the sentinel, then the two data servers (even frozen ones),
+// waits until they have exited and removes their directories. It is
+// idempotent.
+func (s *Sentinel) Close() error {
+	var errs []error
+	if s.sentinel != nil {
+		errs = append(errs, s.sentinel.Close())
+	}
+	for i := len(s.servers) - 1; i >= 0; i-- {
+		errs = append(errs, s.servers[i].Close())
+	}
+	return errors.Join(errs...)
 }
 
 // SentinelAddr returns the sentinel's "127.0.0.1:port".

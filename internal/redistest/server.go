@@ -18,8 +18,8 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// ServerOptions configures StartServer. The zero value is a plain server
-// without persistence.
+// ServerOptions configures StartServer and NewServer. The zero value is a
+// plain server without persistence.
 type ServerOptions struct {
 	// Persist keeps data across Kill/Start with an append-only file
 	// (appendonly yes, appendfsync always) in the server's temp dir. Without
@@ -66,6 +66,7 @@ type Server struct {
 	busPort int // cluster mode only
 	proc    *process
 	frozen  bool
+	closed  bool // by Close: Start refuses, the dir is gone
 }
 
 // process is one run of the server binary.
@@ -100,22 +101,53 @@ func (p *process) exited() bool {
 }
 
 // StartServer starts redis-server on 127.0.0.1 and a free port, waits until
-// it answers PING, and registers t.Cleanup to kill it (even when frozen) and
-// remove its temp dir. It fails t, with the tail of the server log, if the
-// server does not come up.
+// it answers PING, and registers t.Cleanup to close it (kill it, even when
+// frozen, and remove its temp dir). It skips t like Require when the binary
+// is missing, and fails t, with the tail of the server log, if the server
+// does not come up. It is NewServer for a testing.TB.
 func StartServer(t testing.TB, opts ServerOptions) *Server {
 	t.Helper()
-	bin := requireBinary(t, "redis-server")
-	s := newServer(t, bin, "redis-server", modeStandalone, opts, nil)
-	s.startFirst(t)
+	s, err := NewServer(opts)
+	SkipOrFatal(t, err)
+	t.Cleanup(func() { closeAtCleanup(t, s) })
 	return s
 }
 
-// newServer prepares dir, config file and aclfile and registers cleanup; it
-// does not start anything.
-func newServer(t testing.TB, bin, name string, mode serverMode, opts ServerOptions, confLines []string) *Server {
-	t.Helper()
-	dir := t.TempDir() // removed by the testing package after our kill cleanup (LIFO)
+// NewServer starts redis-server on 127.0.0.1 and a free port and waits until
+// it answers PING, like StartServer but with no testing.TB: the caller must
+// Close the server. The error matches ErrMissing when redis-server is not on
+// PATH; when the server does not come up it holds the tail of its log, and
+// nothing is left running.
+func NewServer(opts ServerOptions) (*Server, error) {
+	bin, err := lookBinary("redis-server")
+	if err != nil {
+		return nil, err
+	}
+	s, err := newServer(bin, "redis-server", modeStandalone, opts, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.startFirst(); err != nil {
+		_ = s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// closeAtCleanup closes c at the end of t and reports a failure to close.
+func closeAtCleanup(t testing.TB, c interface{ Close() error }) {
+	if err := c.Close(); err != nil {
+		t.Errorf("redistest: cleanup: %v", err)
+	}
+}
+
+// newServer prepares dir, config file and aclfile; it does not start
+// anything. The caller closes the server, which removes the dir.
+func newServer(bin, name string, mode serverMode, opts ServerOptions, confLines []string) (*Server, error) {
+	dir, err := os.MkdirTemp("", "redistest-"+name+"-")
+	if err != nil {
+		return nil, fmt.Errorf("redistest: %s: temp dir: %v", name, err)
+	}
 	s := &Server{
 		bin:   bin,
 		name:  name,
@@ -131,20 +163,34 @@ func newServer(t testing.TB, bin, name string, mode serverMode, opts ServerOptio
 	}
 	conf := "# written by redistest; command-line arguments override it\n" + strings.Join(confLines, "\n") + "\n"
 	if err := os.WriteFile(s.conf, []byte(conf), 0o600); err != nil {
-		t.Fatalf("redistest: write %s: %v", s.conf, err)
+		_ = os.RemoveAll(dir)
+		return nil, fmt.Errorf("redistest: write %s: %v", s.conf, err)
 	}
 	if len(opts.ACL) > 0 {
 		s.acl = filepath.Join(dir, "users.acl")
 		if err := os.WriteFile(s.acl, []byte(strings.Join(opts.ACL, "\n")+"\n"), 0o600); err != nil {
-			t.Fatalf("redistest: write %s: %v", s.acl, err)
+			_ = os.RemoveAll(dir)
+			return nil, fmt.Errorf("redistest: write %s: %v", s.acl, err)
 		}
 	}
-	t.Cleanup(func() {
-		if err := s.kill(); err != nil {
-			t.Errorf("redistest: cleanup: %v", err)
-		}
-	})
-	return s
+	return s, nil
+}
+
+// Close kills the server (even when frozen), waits until it has exited and
+// removes its directory. It is idempotent: a later call does nothing more
+// (a failed one is tried again). Start fails after Close.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	var errs []error
+	if err := s.killLocked(); err != nil {
+		errs = append(errs, fmt.Errorf("redistest: close: %w", err))
+	}
+	if err := os.RemoveAll(s.dir); err != nil {
+		errs = append(errs, fmt.Errorf("redistest: close %s: %w", s.name, err))
+	}
+	return errors.Join(errs...)
 }
 
 // Addr returns "127.0.0.1:port".
@@ -152,7 +198,8 @@ func (s *Server) Addr() string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.Port()))
 }
 
-// Port returns the TCP port; it never changes once StartServer returned.
+// Port returns the TCP port; it never changes once StartServer (NewServer)
+// returned.
 func (s *Server) Port() int { return int(s.port.Load()) }
 
 // Dir returns the server's working directory (logs, AOF, nodes.conf).
@@ -247,6 +294,10 @@ func (s *Server) Kill(t testing.TB) {
 func (s *Server) kill() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.killLocked()
+}
+
+func (s *Server) killLocked() error {
 	p := s.proc
 	if p == nil {
 		return nil
@@ -262,11 +313,14 @@ func (s *Server) kill() error {
 // Start starts the server again on the same port and directory (so Persist
 // data, nodes.conf and CONFIG REWRITE changes come back) and waits until it
 // answers PING. It retries while the port is briefly busy. Starting a
-// running server fails t.
+// running or closed server fails t.
 func (s *Server) Start(t testing.TB) {
 	t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		t.Fatalf("redistest: %s: Start: closed", s.name)
+	}
 	if s.proc != nil && !s.proc.exited() {
 		t.Fatalf("redistest: %s: Start: already running (pid %d)", s.name, s.proc.pid)
 	}
@@ -318,13 +372,13 @@ func (s *Server) Thaw(t testing.TB) {
 
 // startFirst picks ports and starts the server; on a busy port it picks new
 // ones.
-func (s *Server) startFirst(t testing.TB) {
-	t.Helper()
+func (s *Server) startFirst() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.startLocked(true); err != nil {
-		t.Fatalf("redistest: %v", err)
+		return fmt.Errorf("redistest: %w", err)
 	}
+	return nil
 }
 
 var errPortBusy = errors.New("address already in use")

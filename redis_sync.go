@@ -1,0 +1,342 @@
+package svcwatch
+
+// redis_sync.go: keeping each watched table's view current: the pub/sub
+// subscription, applying change messages in order, the safety-net scan, and
+// scheduling reloads. syncLoop runs on the sync goroutine, owned by the running
+// Start and ended by Stop; subscribe runs on the goroutine of Start or Watch.
+// Full reads of a table are in redis_load.go.
+
+import (
+	"context"
+	"fmt"
+	mrand "math/rand"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/svcwatch/svcwatch/protocol"
+)
+
+// tableSync is what the watcher knows of one table's position in Redis.
+// table, keys, confirmed and loadedCh are set at creation and never change;
+// every other field is guarded by RedisServiceWatcher.mu (the channels are
+// closed under it too).
+type tableSync struct {
+	table     string
+	keys      protocol.Keys
+	confirmed chan struct{} // closed at the first subscribe confirmation
+	loadedCh  chan struct{} // closed at the first successful load
+
+	subscribedOnce bool
+	loaded         bool
+	epoch          string
+	rev            int64
+	tok            string // token of the latest change applied: (epoch, rev, tok) is the position
+	// history maps the latest revisions applied to their tokens, so that a
+	// message or a read that names one of them with another token shows a
+	// history rewritten under the same epoch; diverged records that until the
+	// next read.
+	history  map[int64]string
+	diverged bool
+	// holdExpiredUntil: after a new epoch, expiry removals are held back until then.
+	holdExpiredUntil time.Time
+	// reloadAt: when a pending reload is due (zero: none); it is skipped if the
+	// view reaches (wantEpoch, wantRev, wantTok) first, and never when force is set.
+	reloadAt  time.Time
+	wantEpoch string
+	wantRev   int64
+	wantTok   string
+	force     bool
+}
+
+// syncFor returns the table's sync state, making it on first use. Caller holds mu.
+func (w *RedisServiceWatcher) syncFor(table string) *tableSync {
+	if ts := w.syncs[table]; ts != nil {
+		return ts
+	}
+	ts := &tableSync{
+		table:     table,
+		keys:      protocol.TableKeys(w.conf.KeyPrefix, table),
+		confirmed: make(chan struct{}),
+		loadedCh:  make(chan struct{}),
+	}
+	w.syncs[table] = ts
+	return ts
+}
+
+// tableOfChannel inverts the channel name.
+func (w *RedisServiceWatcher) tableOfChannel(ch string) string {
+	t, _ := protocol.TableOf(w.conf.KeyPrefix, protocol.SuffixChannel, ch)
+	return t
+}
+
+// subscribe asks for the tables' channels and waits for Redis to confirm them.
+// A failed SUBSCRIBE is not fatal: the subscription keeps the channels and
+// subscribes again when it reconnects.
+func (w *RedisServiceWatcher) subscribe(ctx context.Context, run *running, syncs []*tableSync) error {
+	channels := make([]string, len(syncs))
+	for i, ts := range syncs {
+		channels[i] = ts.keys.Channel
+	}
+	subErr := run.pubsub.Subscribe(ctx, channels...)
+	for _, ts := range syncs {
+		select {
+		case <-ts.confirmed:
+		case <-ctx.Done():
+			if subErr != nil {
+				return fmt.Errorf("svcwatch: subscribe to %s: %w (last error: %v)", ts.table, ctx.Err(), subErr)
+			}
+			return fmt.Errorf("svcwatch: subscribe to %s: %w", ts.table, ctx.Err())
+		}
+	}
+	return nil
+}
+
+// syncLoop owns the subscription's messages, the safety-net scan and reloads.
+func (w *RedisServiceWatcher) syncLoop(run *running) {
+	defer close(run.syncDone)
+	scan := w.b.NewTimer(w.conf.ScanInterval)
+	defer scan.Stop()
+	reload := w.b.NewTimer(time.Hour)
+	defer reload.Stop()
+	for {
+		select {
+		case <-run.ctx.Done():
+			return
+		case m, ok := <-run.msgs:
+			if !ok {
+				return
+			}
+			w.onPubSub(m)
+		case <-scan.C():
+			w.scan(run.ctx)
+			w.b.ReleaseHolds(w.b.Now())
+			scan.Reset(w.conf.ScanInterval)
+		case <-reload.C():
+		}
+		next := w.reloadDue(run.ctx)
+		if !reload.Stop() {
+			select {
+			case <-reload.C():
+			default:
+			}
+		}
+		if !next.IsZero() {
+			reload.Reset(next.Sub(w.b.Now()))
+		}
+	}
+}
+
+func (w *RedisServiceWatcher) onPubSub(m interface{}) {
+	switch m := m.(type) {
+	case *redis.Subscription:
+		if m.Kind != "subscribe" {
+			return
+		}
+		w.noteRoundTrip(nil)
+		if table, again := w.onSubscribed(w.tableOfChannel(m.Channel)); again {
+			w.log.Info("svcwatch: subscription re-established; reading the table again", "table", table)
+		}
+	case *redis.Message:
+		w.applyMessage(w.tableOfChannel(m.Channel), m.Payload)
+	}
+}
+
+// onSubscribed records a subscribe confirmation; it reports whether it was a
+// re-subscription, after which the table is read again.
+func (w *RedisServiceWatcher) onSubscribed(table string) (string, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	ts := w.syncs[table]
+	if ts == nil {
+		return table, false
+	}
+	if !ts.subscribedOnce {
+		ts.subscribedOnce = true
+		close(ts.confirmed)
+		return table, false
+	}
+	// Messages may have been lost while it was down. Jittered, so that a
+	// cluster-wide reconnect does not become a reload storm.
+	ts.scheduleReload(w.b.Now().Add(w.reconnectJitter()), "", 0, "", true)
+	return table, true
+}
+
+func (w *RedisServiceWatcher) reconnectJitter() time.Duration {
+	max := min(w.conf.ScanInterval/2, time.Second)
+	return time.Duration(mrand.Int63n(int64(max) + 1))
+}
+
+// historySize bounds tableSync.history: a read older than this many changes is
+// not told apart from a rewritten history (and only holds removals back).
+const historySize = 256
+
+// remember makes (rev, tok) the position held. Caller holds mu.
+func (ts *tableSync) remember(rev int64, tok string) {
+	if ts.history == nil {
+		ts.history = make(map[int64]string)
+	}
+	ts.rev, ts.tok = rev, tok
+	ts.history[rev] = tok
+	delete(ts.history, rev-historySize)
+}
+
+// scheduleReload asks for a reload at or before at. Caller holds mu.
+func (ts *tableSync) scheduleReload(at time.Time, epoch string, rev int64, tok string, force bool) {
+	if ts.reloadAt.IsZero() || at.Before(ts.reloadAt) {
+		ts.reloadAt = at
+	}
+	if force {
+		ts.force = true
+	} else {
+		ts.wantEpoch, ts.wantRev, ts.wantTok = epoch, rev, tok
+	}
+}
+
+// applyMessage applies one change if it is the next revision of the epoch held
+// and follows the change held; anything else (a gap, a new epoch, a rewritten
+// history, an unreadable message) makes it reload.
+func (w *RedisServiceWatcher) applyMessage(table, payload string) {
+	m, err := protocol.DecodeMessage(payload)
+	if err != nil {
+		w.logBadOnce(table, "", payload, err)
+	}
+	var inst Instance
+	var recErr error
+	if err == nil && (m.Op == protocol.OpAdd || m.Op == protocol.OpUpdate) {
+		inst, recErr = decodeRecord(table, m.ID, m.Rec, w.conf.MaxDescSize)
+	}
+	if w.applyInOrder(table, m, err, inst, recErr) && recErr != nil {
+		w.logBadOnce(table, m.ID, m.Rec, recErr)
+	}
+}
+
+// applyInOrder is applyMessage's part under mu; it reports whether m was next
+// in order (and so applied, or skipped as unreadable when recErr is set).
+func (w *RedisServiceWatcher) applyInOrder(table string, m protocol.Message, msgErr error, inst Instance, recErr error) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	ts := w.syncs[table]
+	if ts == nil || !ts.loaded {
+		return false // its load is coming
+	}
+	now := w.b.Now()
+	if msgErr != nil {
+		ts.scheduleReload(now, "", 0, "", true)
+		return false
+	}
+	if m.Epoch == ts.epoch && m.Rev <= ts.rev {
+		if tok, ok := ts.history[m.Rev]; ok && tok != m.Tok {
+			ts.diverged = true
+			ts.scheduleReload(now, "", 0, "", true)
+		}
+		return false // already in the view (a read overtook the message)
+	}
+	if m.Epoch != ts.epoch || m.Rev != ts.rev+1 || m.Prev != ts.tok {
+		ts.diverged = ts.diverged || (m.Epoch == ts.epoch && m.Rev == ts.rev+1)
+		ts.scheduleReload(now, "", 0, "", true)
+		return false
+	}
+	ts.remember(m.Rev, m.Tok)
+	switch m.Op {
+	case protocol.OpAdd, protocol.OpUpdate:
+		if recErr != nil {
+			return true
+		}
+		w.b.PutInstance(inst)
+	case protocol.OpDel:
+		w.b.RemoveInstance(table, m.ID, time.Time{})
+	case protocol.OpExpired:
+		var hold time.Time
+		if now.Before(ts.holdExpiredUntil) {
+			hold = ts.holdExpiredUntil
+		}
+		w.b.RemoveInstance(table, m.ID, hold)
+	}
+	w.b.MarkSynced()
+	return true
+}
+
+// scan asks each loaded table for its (epoch, revision), all in one pipeline, and
+// schedules a reload of the tables that moved. An idle table costs one small
+// script call per interval, whatever its size.
+func (w *RedisServiceWatcher) scan(ctx context.Context) {
+	w.mu.Lock()
+	var tables []*tableSync
+	for _, ts := range w.syncs {
+		if ts.loaded {
+			tables = append(tables, ts)
+		}
+	}
+	w.mu.Unlock()
+	if len(tables) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, w.callTimeout())
+	defer cancel()
+	pipe := w.client.Pipeline()
+	cmds := make([]*redis.Cmd, len(tables))
+	for i, ts := range tables {
+		cmds[i] = scriptCheck.EvalSha(ctx, pipe, ts.keys.Script(), w.scriptArgs(ts, nil)...)
+	}
+	_, _ = pipe.Exec(ctx)
+	for i, ts := range tables {
+		if redis.HasErrorPrefix(cmds[i].Err(), "NOSCRIPT") {
+			cmds[i] = w.eval(ctx, scriptCheck, ts)
+		}
+		res, err := cmds[i].Slice()
+		w.noteRoundTrip(err)
+		if err != nil || len(res) != 3 {
+			continue
+		}
+		epoch, _ := res[0].(string)
+		rev, _ := res[1].(int64)
+		tok, _ := res[2].(string)
+		w.mu.Lock()
+		if epoch != ts.epoch || rev != ts.rev || tok != ts.tok {
+			// Messages in flight may close a forward gap before the reload is due;
+			// anything else (a new epoch, a revision that went back or that names
+			// another change) needs the read.
+			forward := epoch == ts.epoch && rev > ts.rev
+			if epoch == ts.epoch && !forward {
+				ts.diverged = true
+			}
+			ts.scheduleReload(w.b.Now().Add(w.conf.ScanInterval/8), epoch, rev, tok, !forward)
+		} else {
+			w.b.MarkSynced()
+		}
+		w.mu.Unlock()
+	}
+}
+
+// reloadDue runs the reloads that are due and returns when the next one is.
+func (w *RedisServiceWatcher) reloadDue(ctx context.Context) time.Time {
+	now := w.b.Now()
+	var due []*tableSync
+	var next time.Time
+	w.mu.Lock()
+	for _, ts := range w.syncs {
+		switch {
+		case ts.reloadAt.IsZero():
+		case !ts.force && ts.epoch == ts.wantEpoch && ts.rev == ts.wantRev && ts.tok == ts.wantTok:
+			ts.reloadAt = time.Time{} // messages caught up
+		case !ts.reloadAt.After(now):
+			due = append(due, ts)
+		case next.IsZero() || ts.reloadAt.Before(next):
+			next = ts.reloadAt
+		}
+	}
+	w.mu.Unlock()
+	for _, ts := range due {
+		if err := w.loadTable(ctx, ts); err != nil {
+			retryAt := now.Add(w.conf.ScanInterval / 2) // Redis away: try again soon
+			w.mu.Lock()
+			ts.reloadAt = retryAt
+			w.mu.Unlock()
+			if next.IsZero() || retryAt.Before(next) {
+				next = retryAt
+			}
+		}
+	}
+	return next
+}

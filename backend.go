@@ -43,13 +43,12 @@ func (b *Backend) NewTimer(d time.Duration) Timer { return b.w.cfg.clock.NewTime
 // it reports whether the table was new.
 func (b *Backend) AddTable(table string) bool { return b.w.addTable(table) }
 
-// ReplaceTable makes insts the whole current view of table (a full read), counts
-// a full load and marks the view synced. An instance missing from insts is
+// ReplaceTable makes insts the whole current view of table (a full read) and
+// marks the view synced. An instance missing from insts is
 // removed, or, when holdAbsentUntil is not zero, kept until then unless it comes
 // back: a backend that suspects lost data, not dead processes, holds removals
 // back.
 func (b *Backend) ReplaceTable(table string, insts []Instance, holdAbsentUntil time.Time) {
-	b.w.fullLoads.Add(1)
 	b.w.reg.replace(table, insts, holdAbsentUntil)
 	b.MarkSynced()
 }
@@ -104,8 +103,19 @@ func (b *Backend) SetSelfDesc(desc string) { b.w.setSelf(func(s *Instance) { s.D
 // SetConnected records whether the latest round trip to the store succeeded.
 func (b *Backend) SetConnected(ok bool) { b.w.connected.Store(ok) }
 
-// SetRegistered records whether self is registered right now.
-func (b *Backend) SetRegistered(ok bool) { b.w.registered.Store(ok) }
+// SetRegistered records whether self is registered right now; true means the
+// store just confirmed it. Stats.Registered turns false by itself when no
+// confirmation came within one TTL.
+func (b *Backend) SetRegistered(ok bool) {
+	if ok {
+		b.w.confirmed.Store(b.Now().UnixNano())
+	}
+	b.w.registered.Store(ok)
+}
+
+// CountFullLoad counts a full read of a table, whether or not its result
+// became the view (Stats.FullLoads).
+func (b *Backend) CountFullLoad() { b.w.fullLoads.Add(1) }
 
 // CountHeartbeat counts a keepalive that succeeded.
 func (b *Backend) CountHeartbeat() { b.w.heartbeats.Add(1) }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"time"
 )
@@ -18,6 +19,35 @@ import (
 // ErrConnInvalidated is the error an OnDisconnect hook receives when the
 // connection was closed because Invalidate was called for it.
 var ErrConnInvalidated = errors.New("svcwatch: connection invalidated")
+
+// ErrConnPanicked is wrapped by the error an OnDisconnect hook receives when the
+// OnConnect hook panicked for that connection; that error also wraps
+// ErrConnInvalidated, since the connection is dropped and redialed as if the
+// hook had called Invalidate. It is also wrapped by the logged error of a dial
+// function that panicked. Test with errors.Is.
+var ErrConnPanicked = errors.New("svcwatch: connection callback panicked")
+
+// connPanicError is a panic recovered from the dial function or the OnConnect
+// hook. An OnConnect panic also reads as ErrConnInvalidated.
+type connPanicError struct {
+	fn    string // "dial" or "OnConnect"
+	value any    // what was passed to panic
+	stack []byte // the panicking goroutine's stack, for the log
+}
+
+func (e *connPanicError) Error() string {
+	if e.fn == "OnConnect" {
+		return fmt.Sprintf("svcwatch: OnConnect panicked: %v (connection invalidated)", e.value)
+	}
+	return fmt.Sprintf("svcwatch: %s panicked: %v", e.fn, e.value)
+}
+
+func (e *connPanicError) Unwrap() []error {
+	if e.fn == "OnConnect" {
+		return []error{ErrConnPanicked, ErrConnInvalidated}
+	}
+	return []error{ErrConnPanicked}
+}
 
 // ConnManager is a Handler that keeps one connection to each discovered peer:
 // it dials peers as they are added, redials with backoff while they stay
@@ -35,6 +65,11 @@ var ErrConnInvalidated = errors.New("svcwatch: connection invalidated")
 //
 // For one key, hooks never overlap: the OnDisconnect of a connection always
 // precedes the OnConnect of the next one, even across a reconnect.
+//
+// A panic in the dial function or a hook is recovered and logged, like a
+// panicking Handler of the watcher, and never ends the process: a panicking dial
+// counts as a failed dial, a panicking OnConnect invalidates its connection, and
+// a panicking OnDisconnect is as if it had returned. See NewConnManager.
 //
 // All methods are safe for concurrent use. The dial function must return soon
 // after its ctx is done, or Close and reconnects wait for it.
@@ -80,6 +115,16 @@ type connPeer[C io.Closer] struct {
 // closed, and expires after the dial timeout. A nil dial makes every dial fail
 // with an error wrapping ErrInvalid (logged), rather than a panic.
 //
+// Panics in dial and in the hooks are recovered and logged with their stack; the
+// process goes on. A dial that panics counts as a failed dial: the peer is
+// redialed with backoff while it stays registered. An OnConnect that panics
+// invalidates its connection: it is never published, it is closed, OnDisconnect
+// still gets it (with an error wrapping ErrConnPanicked and ErrConnInvalidated)
+// and the peer is redialed after a backoff. An OnDisconnect that panics is
+// treated as if it had returned. A panicking filter (WithConnFilter) is
+// recovered by the watcher's dispatcher like a Handler; the manager is left as
+// it was before that event.
+//
 // The caller owns the manager and must call Close.
 func NewConnManager[C io.Closer](dial func(ctx context.Context, inst Instance) (C, error), opts ...ConnOption) *ConnManager[C] {
 	if dial == nil {
@@ -116,7 +161,7 @@ func NewConnManager[C io.Closer](dial func(ctx context.Context, inst Instance) (
 // OnAdd starts connecting to inst in the background if the filter accepts it.
 // If the key is already known it behaves as OnUpdate. It never blocks on a
 // dial. After Close it does nothing.
-func (m *ConnManager[C]) OnAdd(inst Instance) { m.apply(inst) }
+func (m *ConnManager[C]) OnAdd(inst Instance) { m.apply(inst, m.accepts(inst)) }
 
 // OnUpdate reconnects when cur's Name or Incarnation differs from the instance
 // being connected; a Desc-only change keeps the connection (later dials and
@@ -124,10 +169,11 @@ func (m *ConnManager[C]) OnAdd(inst Instance) { m.apply(inst) }
 // cur, and dials if the filter now accepts a peer it rejected. It never blocks
 // on a dial. After Close it does nothing.
 func (m *ConnManager[C]) OnUpdate(old, cur Instance) {
+	accept := m.accepts(cur) // first: if it panics, nothing has changed
 	if old.Key() != cur.Key() {
 		m.OnRemove(old)
 	}
-	m.apply(cur)
+	m.apply(cur, accept)
 }
 
 // OnRemove forgets the peer with inst's key: a dial in progress is canceled and
@@ -204,10 +250,16 @@ func (m *ConnManager[C]) Close() error {
 	return err
 }
 
-// apply makes the manager's view of inst's key match inst.
-func (m *ConnManager[C]) apply(inst Instance) {
-	// Filter outside the lock: it is user code and may call Get.
-	accept := m.cfg.filter == nil || m.cfg.filter(inst)
+// accepts runs the filter. It is called outside the lock, before any change:
+// the filter is user code and may call Get, and if it panics (the dispatcher
+// recovers it) no lock is held and the manager is left untouched.
+func (m *ConnManager[C]) accepts(inst Instance) bool {
+	return m.cfg.filter == nil || m.cfg.filter(inst)
+}
+
+// apply makes the manager's view of inst's key match inst, given the filter's
+// verdict on it.
+func (m *ConnManager[C]) apply(inst Instance, accept bool) {
 	key := inst.Key()
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -278,22 +330,38 @@ func (m *ConnManager[C]) run(key string, p *connPeer[C], prev <-chan struct{}) {
 		<-prev
 	}
 	attempt := 0
-	failing := false // within a streak of failed dials
+	failing := false     // within a streak of failed dials
+	panicLogged := false // a panicking dial was warned about in this streak
 	for p.ctx.Err() == nil {
 		c, err := m.dialOnce(p)
 		if err != nil {
-			if p.ctx.Err() != nil {
+			var pe *connPanicError
+			panicked := errors.As(err, &pe)
+			if p.ctx.Err() != nil && !panicked {
 				return
 			}
 			lvl := slog.LevelDebug
+			attrs := []any{"peer", key, "addr", p.addr, "attempt", attempt + 1, "err", err}
 			if !failing {
 				lvl = slog.LevelWarn // once per streak: a dead peer retries for as long as it is registered
 				failing = true
 			}
-			m.cfg.logger.Log(context.Background(), lvl, "svcwatch: dial failed",
-				"peer", key, "addr", p.addr, "attempt", attempt+1, "err", err)
+			if panicked {
+				attrs = append(attrs, "panic", pe.value)
+				if !panicLogged {
+					// A bug, not a dead peer: warn with the stack once per
+					// streak, even if the streak began with an ordinary error.
+					lvl = slog.LevelWarn
+					attrs = append(attrs, "stack", string(pe.stack))
+					panicLogged = true
+				}
+			}
+			m.cfg.logger.Log(context.Background(), lvl, "svcwatch: dial failed", attrs...)
+			if p.ctx.Err() != nil {
+				return
+			}
 		} else {
-			failing = false
+			failing, panicLogged = false, false
 			connectedAt := m.cfg.clock.Now()
 			if !m.serve(key, p, c) {
 				return
@@ -311,8 +379,9 @@ func (m *ConnManager[C]) run(key string, p *connPeer[C], prev <-chan struct{}) {
 	}
 }
 
-// dialOnce makes one dial attempt with the peer's current instance.
-func (m *ConnManager[C]) dialOnce(p *connPeer[C]) (C, error) {
+// dialOnce makes one dial attempt with the peer's current instance. A panic in
+// dial is returned as a *connPanicError.
+func (m *ConnManager[C]) dialOnce(p *connPeer[C]) (c C, err error) {
 	m.mu.RLock()
 	inst := p.inst
 	m.mu.RUnlock()
@@ -322,6 +391,12 @@ func (m *ConnManager[C]) dialOnce(p *connPeer[C]) (C, error) {
 		ctx, cancel = context.WithTimeout(ctx, m.cfg.dialTimeout)
 		defer cancel()
 	}
+	defer func() {
+		if r := recover(); r != nil {
+			var zero C
+			c, err = zero, &connPanicError{fn: "dial", value: r, stack: debug.Stack()}
+		}
+	}()
 	return m.dial(ctx, inst)
 }
 
@@ -338,11 +413,24 @@ func (m *ConnManager[C]) serve(key string, p *connPeer[C], c C) (invalidated boo
 	inst := p.inst
 	p.connecting = true
 	m.mu.Unlock()
-	if m.cfg.onConnect != nil {
-		m.cfg.onConnect(inst, c)
-	}
+	perr := m.connected(inst, c)
 	m.mu.Lock()
 	p.connecting = false
+	if perr != nil {
+		// Invalidated by the panic: never publish it. Drop a kick the hook
+		// may have sent before panicking, or it would hit the next conn.
+		select {
+		case <-p.kick:
+		default:
+		}
+		inst = p.inst
+		m.mu.Unlock()
+		m.cfg.logger.Error("svcwatch: OnConnect panicked; connection closed", "peer", key, "addr", p.addr,
+			"panic", perr.value, "stack", string(perr.stack))
+		m.closeConn(key, p.addr, c)
+		m.disconnected(inst, perr)
+		return true
+	}
 	select {
 	case <-p.kick: // invalidated by the hook: never publish it
 		inst = p.inst
@@ -386,10 +474,34 @@ func (m *ConnManager[C]) serve(key string, p *connPeer[C], c C) (invalidated boo
 	return reason != nil
 }
 
-func (m *ConnManager[C]) disconnected(inst Instance, err error) {
-	if m.cfg.onDisconnect != nil {
-		m.cfg.onDisconnect(inst, err)
+// connected runs the OnConnect hook, recovering a panic: it returns the panic,
+// or nil if the hook returned.
+func (m *ConnManager[C]) connected(inst Instance, c C) (perr *connPanicError) {
+	if m.cfg.onConnect == nil {
+		return nil
 	}
+	defer func() {
+		if r := recover(); r != nil {
+			perr = &connPanicError{fn: "OnConnect", value: r, stack: debug.Stack()}
+		}
+	}()
+	m.cfg.onConnect(inst, c)
+	return nil
+}
+
+// disconnected runs the OnDisconnect hook; a panic is logged and otherwise
+// treated as a return.
+func (m *ConnManager[C]) disconnected(inst Instance, err error) {
+	if m.cfg.onDisconnect == nil {
+		return
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			m.cfg.logger.Error("svcwatch: OnDisconnect panicked", "peer", inst.Key(), "addr", inst.Name,
+				"panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	m.cfg.onDisconnect(inst, err)
 }
 
 // closeConn closes c; errors during Close are kept for Close to return, others

@@ -874,3 +874,245 @@ func TestConnOptionsDefaults(t *testing.T) {
 		t.Fatalf("nil dial: %v, want ErrInvalid", err)
 	}
 }
+
+// A dial that panics is a failed dial: logged (Warn once, with the stack) and
+// retried with backoff; the process lives on and the peer ends connected.
+func TestConnManagerDialPanicRetries(t *testing.T) {
+	connLeakCheck(t)
+	srv := startServer(t, "127.0.0.1:0")
+	var d tcpDialer
+	var attempts atomic.Int64
+	dial := func(ctx context.Context, inst Instance) (net.Conn, error) {
+		if attempts.Add(1) <= 2 {
+			panic("dial boom")
+		}
+		return d.dial(ctx, inst)
+	}
+	logs := &logCounter{}
+	m := NewConnManager(dial, fastBackoff(), WithConnLogger(logs.logger()))
+	t.Cleanup(func() {
+		if err := m.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+
+	p := peer("a", srv.addr)
+	m.OnAdd(p)
+	waitConn(t, m, p.Key(), nil)
+	srv.next(t)
+	if n := attempts.Load(); n != 3 {
+		t.Fatalf("dial attempts: got %d, want 3 (two panics, then a success)", n)
+	}
+	var warns, failed, stacks int
+	logs.mu.Lock()
+	lines := append([]string(nil), logs.msgs...)
+	logs.mu.Unlock()
+	for _, line := range lines {
+		if !strings.Contains(line, "dial failed") {
+			continue
+		}
+		failed++
+		if !strings.Contains(line, "panic=dial boom") || !strings.Contains(line, "dial panicked") {
+			t.Errorf("panicked dial logged without the panic: %s", line)
+		}
+		if strings.Contains(line, "level=WARN") {
+			warns++
+		}
+		if strings.Contains(line, "stack=") && strings.Contains(line, "TestConnManagerDialPanicRetries") {
+			stacks++
+		}
+	}
+	if failed != 2 || warns != 1 || stacks < 1 {
+		t.Fatalf("%d dial failures logged, %d at Warn, %d with the stack; want 2, 1, >= 1:\n%s", failed, warns, stacks, logs)
+	}
+}
+
+// An OnConnect that panics invalidates its connection: never published, closed,
+// paired with an OnDisconnect that says so, and the peer is redialed. The hook
+// may have called Invalidate before panicking: that must not leak onto the next
+// connection.
+func TestConnManagerOnConnectPanic(t *testing.T) {
+	for _, invalidateFirst := range []bool{false, true} {
+		t.Run(fmt.Sprint("invalidateFirst=", invalidateFirst), func(t *testing.T) {
+			connLeakCheck(t)
+			srv := startServer(t, "127.0.0.1:0")
+			var d tcpDialer
+			var hooks hookLog
+			var m *ConnManager[net.Conn]
+			var first atomic.Value // the conn whose OnConnect panicked
+			var mu sync.Mutex
+			var disconnectErrs []error
+			logs := &logCounter{}
+			m = newTestManager(t, &d, WithConnLogger(logs.logger()),
+				WithOnConnect(func(inst Instance, c io.Closer) {
+					hooks.add("connect " + c.(net.Conn).LocalAddr().String())
+					if first.CompareAndSwap(nil, c) {
+						if invalidateFirst {
+							m.Invalidate(inst.Key())
+						}
+						panic("handshake boom")
+					}
+				}),
+				WithOnDisconnect(func(inst Instance, err error) {
+					mu.Lock()
+					disconnectErrs = append(disconnectErrs, err)
+					mu.Unlock()
+					hooks.add(fmt.Sprintf("disconnect %v", err))
+				}))
+			p := peer("a", srv.addr)
+			m.OnAdd(p)
+			expectEOF(t, srv.next(t)) // the first conn is closed without ever being published
+			var sawFirst atomic.Bool
+			c := waitConn(t, m, p.Key(), func(c net.Conn) bool {
+				if c == first.Load() {
+					sawFirst.Store(true)
+				}
+				return true
+			})
+			srv.next(t)
+			if sawFirst.Load() || c == first.Load() {
+				t.Fatal("Get returned the conn whose OnConnect panicked")
+			}
+			waitFor(t, "OnDisconnect of the first conn", func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return len(disconnectErrs) > 0
+			})
+			mu.Lock()
+			err := disconnectErrs[0]
+			mu.Unlock()
+			if !errors.Is(err, ErrConnPanicked) || !errors.Is(err, ErrConnInvalidated) ||
+				!strings.Contains(fmt.Sprint(err), "handshake boom") {
+				t.Fatalf("OnDisconnect after a panicking OnConnect got %v, want ErrConnPanicked and ErrConnInvalidated", err)
+			}
+			if got, want := logs.count("OnConnect panicked"), 1; got != want {
+				t.Fatalf("OnConnect panic logged %d times, want %d:\n%s", got, want, logs)
+			}
+			if err := m.Close(); err != nil {
+				t.Fatal(err)
+			}
+			want := []string{
+				"connect " + first.Load().(net.Conn).LocalAddr().String(),
+				"disconnect " + err.Error(),
+				"connect " + c.LocalAddr().String(),
+				"disconnect <nil>",
+			}
+			if got := hooks.get(); fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("hooks:\ngot  %q\nwant %q", got, want)
+			}
+		})
+	}
+}
+
+// An OnDisconnect that panics is logged and otherwise ignored: reconnects go on
+// and Close returns.
+func TestConnManagerOnDisconnectPanic(t *testing.T) {
+	connLeakCheck(t)
+	srv := startServer(t, "127.0.0.1:0")
+	var d tcpDialer
+	var connects, disconnects atomic.Int64
+	logs := &logCounter{}
+	m := newTestManager(t, &d, WithConnLogger(logs.logger()),
+		WithOnConnect(func(Instance, io.Closer) { connects.Add(1) }),
+		WithOnDisconnect(func(Instance, error) {
+			disconnects.Add(1)
+			panic("disconnect boom")
+		}))
+	p := peer("a", srv.addr)
+	m.OnAdd(p)
+	c := waitConn(t, m, p.Key(), nil)
+	srv.next(t)
+	for i := 0; i < 2; i++ {
+		m.Invalidate(p.Key())
+		prev := c
+		c = waitConn(t, m, p.Key(), func(c net.Conn) bool { return c != prev })
+		srv.next(t)
+	}
+	// Removal and re-adding also still work after the panics.
+	m.OnRemove(p)
+	waitFor(t, "OnDisconnect after OnRemove", func() bool { return disconnects.Load() == 3 })
+	m.OnAdd(p)
+	waitConn(t, m, p.Key(), nil)
+	srv.next(t)
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if nc, nd := connects.Load(), disconnects.Load(); nc != 4 || nd != 4 {
+		t.Fatalf("OnConnect %d, OnDisconnect %d; want 4 each", nc, nd)
+	}
+	if got := logs.count("OnDisconnect panicked"); got != 4 {
+		t.Fatalf("OnDisconnect panic logged %d times, want 4:\n%s", got, logs)
+	}
+}
+
+// A filter that panics (the dispatcher recovers it) leaves no lock held and the
+// manager as it was.
+func TestConnManagerFilterPanic(t *testing.T) {
+	connLeakCheck(t)
+	srv := startServer(t, "127.0.0.1:0")
+	var d tcpDialer
+	m := newTestManager(t, &d, WithConnFilter(func(p Instance) bool {
+		if p.Desc == "boom" {
+			panic("filter boom")
+		}
+		return true
+	}))
+	recovered := func(f func()) (r any) {
+		defer func() { r = recover() }()
+		f()
+		return nil
+	}
+
+	p := peer("a", srv.addr)
+	m.OnAdd(p)
+	c1 := waitConn(t, m, p.Key(), nil)
+	sc1 := srv.next(t)
+	bad := p
+	bad.Desc = "boom"
+	bad.Name = "127.0.0.1:1" // would reconnect elsewhere if the update were applied
+	if r := recovered(func() { m.OnUpdate(p, bad) }); r == nil {
+		t.Fatal("OnUpdate: the filter's panic did not reach the dispatcher")
+	}
+	moved := bad
+	moved.ID = "moved" // a key change: the old key must not be removed either
+	if r := recovered(func() { m.OnUpdate(p, moved) }); r == nil {
+		t.Fatal("OnUpdate with a new key: the filter's panic did not reach the dispatcher")
+	}
+	if r := recovered(func() { m.OnAdd(peer("b", "boom")) }); r != nil {
+		t.Fatalf("OnAdd of an accepted peer panicked: %v", r)
+	}
+	if r := recovered(func() { b := peer("c", srv.addr); b.Desc = "boom"; m.OnAdd(b) }); r == nil {
+		t.Fatal("OnAdd: the filter's panic did not reach the dispatcher")
+	}
+
+	// No lock is left held: a writer gets through, and the state is unchanged.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		m.Invalidate("no/such")
+	}()
+	waitFor(t, "the manager's lock", func() bool {
+		select {
+		case <-done:
+			return true
+		default:
+			return false
+		}
+	})
+	if c, ok := m.Get(p.Key()); !ok || c != c1 {
+		t.Fatalf("the conn changed after a panicking filter: %v %v", c, ok)
+	}
+	if _, ok := m.Get(peer("c", "").Key()); ok {
+		t.Fatal("a peer whose filter panicked was added")
+	}
+	m.OnRemove(peer("b", ""))
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	expectEOF(t, sc1)
+	for _, inst := range d.instances() {
+		if inst.Name != srv.addr && inst.Name != "boom" {
+			t.Fatalf("dialed %s after a panicking filter", inst.Name)
+		}
+	}
+}

@@ -48,8 +48,9 @@ func WithBackoff(min, max time.Duration) ConnOption {
 // WithConnFilter selects the instances to connect to; rejected instances are
 // never dialed. It is called on every OnAdd and OnUpdate, outside any lock, so
 // an update that makes a peer rejected closes its connection and one that makes
-// it accepted dials it. It must be fast and must not block. By default every
-// instance is accepted.
+// it accepted dials it. It must be fast and must not block. A panic in f is
+// recovered by the watcher like a Handler's, and that event leaves the manager
+// as it was. By default every instance is accepted.
 //
 // In a full mesh, where each pair of peers needs a single connection, let only
 // the lower ID dial:
@@ -64,7 +65,10 @@ func WithConnFilter(f func(inst Instance) bool) ConnOption {
 // e.g. send a handshake. It is called from the peer's dial goroutine and must
 // not block long: the peer's removal and Close wait for it. It must not call
 // Close. Each OnConnect is followed by exactly one OnDisconnect for that
-// connection. Default: none.
+// connection. A panic in f is recovered and logged with its stack: the
+// connection is treated as invalidated by the hook (never published, closed),
+// OnDisconnect still gets it with an error wrapping both ErrConnPanicked and
+// ErrConnInvalidated, and the peer is redialed after a backoff. Default: none.
 func WithOnConnect(f func(inst Instance, c io.Closer)) ConnOption {
 	return func(c *connConfig) { c.onConnect = f }
 }
@@ -72,8 +76,11 @@ func WithOnConnect(f func(inst Instance, c io.Closer)) ConnOption {
 // WithOnDisconnect sets a hook called after a connection that was passed to
 // OnConnect has been closed. err is ErrConnInvalidated when Invalidate closed
 // it, and nil when the peer was removed, filtered out or updated to a new Name
-// or Incarnation, or the manager was closed. It is called from the peer's dial
-// goroutine and must not block long; it must not call Close. Default: none.
+// or Incarnation, or the manager was closed. If OnConnect panicked, err wraps
+// ErrConnPanicked and ErrConnInvalidated (test with errors.Is). It is called
+// from the peer's dial goroutine and must not block long; it must not call
+// Close. A panic in f is recovered and logged with its stack, and the manager
+// goes on as if f had returned. Default: none.
 func WithOnDisconnect(f func(inst Instance, err error)) ConnOption {
 	return func(c *connConfig) { c.onDisconnect = f }
 }

@@ -220,7 +220,7 @@ func crash(t testing.TB, w *RedisServiceWatcher) {
 	w.mu.Unlock()
 	run.hbCancel()
 	run.cancel()
-	run.pubsub.Close()
+	w.currentPubSub(run).Close()
 	<-run.syncDone
 	if run.hbStarted {
 		<-run.hbDone

@@ -11,7 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/fnv"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -65,7 +65,7 @@ func (w *RedisServiceWatcher) noteRoundTrip(err error) {
 	w.b.SetConnected(ok)
 	switch {
 	case isReply:
-		if _, seen := w.badSeen.LoadOrStore("reply\x00"+err.Error(), struct{}{}); !seen {
+		if w.logged.first("reply\x00" + err.Error()) {
 			w.log.Error("svcwatch: Redis refused a call", "err", err)
 		}
 	case ok && w.downLogged.Swap(false):
@@ -95,14 +95,43 @@ func (w *RedisServiceWatcher) refreshClusterSlots() {
 	cc.ReloadState(context.Background())
 }
 
-// logBadOnce logs unreadable data the first time it is seen.
-func (w *RedisServiceWatcher) logBadOnce(table, id, raw string, err error) {
-	h := fnv.New64a()
-	h.Write([]byte(raw))
-	fp := fmt.Sprintf("%s\x00%s\x00%x", table, id, h.Sum64())
-	if _, seen := w.badSeen.LoadOrStore(fp, struct{}{}); !seen {
+// logBadOnce logs unreadable data the first time it is seen: once per table
+// and record ID, and once per table for junk messages (id empty).
+func (w *RedisServiceWatcher) logBadOnce(table, id string, err error) {
+	if w.logged.first(table + "\x00" + id) {
 		w.log.Warn("svcwatch: skipping unreadable data", "table", table, "id", id, "err", err)
 	}
+}
+
+// logOnceMax bounds what a watcher remembers having logged.
+const logOnceMax = 1024
+
+// onceSet remembers keys up to logOnceMax of them; when full it forgets them
+// all, so that a flood of distinct junk costs bounded memory (and is logged
+// again at most once per logOnceMax items).
+type onceSet struct {
+	mu   sync.Mutex
+	seen map[string]struct{}
+}
+
+// first reports whether key was not seen before, and remembers it.
+func (s *onceSet) first(key string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.seen[key]; ok {
+		return false
+	}
+	if s.seen == nil || len(s.seen) >= logOnceMax {
+		s.seen = make(map[string]struct{})
+	}
+	s.seen[key] = struct{}{}
+	return true
+}
+
+func (s *onceSet) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.seen)
 }
 
 // retry runs f until it succeeds, fails for good, or ctx ends, with backoff on

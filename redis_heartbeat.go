@@ -53,8 +53,11 @@ func (w *RedisServiceWatcher) registerLocked(ctx context.Context) error {
 	if !self.RegisteredAt.IsZero() {
 		regAt = self.RegisteredAt.UnixMilli()
 	}
+	if w.recVer == "" {
+		w.recVer = newToken()
+	}
 	res, err := w.eval(cctx, scriptRegister, w.selfSync(), self.ID, self.Incarnation, self.Name, self.Desc,
-		w.conf.TTL.Milliseconds(), replace, regAt).Slice()
+		w.conf.TTL.Milliseconds(), replace, regAt, w.recVer).Slice()
 	w.noteRoundTrip(err)
 	if err != nil {
 		return fmt.Errorf("svcwatch: register %s: %w", self.Key(), err)
@@ -71,13 +74,19 @@ func (w *RedisServiceWatcher) registerLocked(ctx context.Context) error {
 }
 
 // updateLocked writes self's current record over this incarnation's, or
-// registers it again if Redis lost it. The caller holds regLock.
-func (w *RedisServiceWatcher) updateLocked(ctx context.Context) error {
+// registers it again if Redis lost it. A new Desc gets a new record version
+// (newVersion); rewriting a stale record keeps it. The caller holds regLock.
+func (w *RedisServiceWatcher) updateLocked(ctx context.Context, newVersion bool) error {
 	self := w.Self()
+	if newVersion || w.recVer == "" {
+		// Taken even if the call fails: a heartbeat that then finds another
+		// version in Redis writes this record again.
+		w.recVer = newToken()
+	}
 	cctx, cancel := context.WithTimeout(ctx, w.callTimeout())
 	defer cancel()
 	res, err := w.eval(cctx, scriptUpdate, w.selfSync(), self.ID, self.Incarnation, self.Name, self.Desc,
-		w.conf.TTL.Milliseconds()).Text()
+		w.conf.TTL.Milliseconds(), w.recVer).Text()
 	w.noteRoundTrip(err)
 	switch {
 	case err != nil:
@@ -88,6 +97,27 @@ func (w *RedisServiceWatcher) updateLocked(ctx context.Context) error {
 		return fmt.Errorf("%w: %s", ErrReplaced, self.Key())
 	}
 	return nil
+}
+
+// rewrite writes self's record again, same version.
+func (w *RedisServiceWatcher) rewrite(ctx context.Context) error {
+	if err := w.lockReg(ctx); err != nil {
+		return err
+	}
+	defer w.unlockReg()
+	return w.updateLocked(ctx, false)
+}
+
+// recordVersion is the version of the record this process wrote last.
+func (w *RedisServiceWatcher) recordVersion() string {
+	select {
+	case w.regLock <- struct{}{}:
+		defer w.unlockReg()
+		return w.recVer
+	default:
+		return "" // a write is in flight and settles the version: skip the check
+
+	}
 }
 
 // deregister removes self's entry if this incarnation still owns it. It waits
@@ -110,11 +140,10 @@ func (w *RedisServiceWatcher) deregister(ctx context.Context) error {
 	return nil
 }
 
-// heartbeatLoop runs one heartbeat every keepalive interval until Stop, or until
-// this incarnation stands down.
-func (w *RedisServiceWatcher) heartbeatLoop(run *running) {
+// heartbeatLoop runs one heartbeat each time t fires, every keepalive interval,
+// until Stop, or until this incarnation stands down.
+func (w *RedisServiceWatcher) heartbeatLoop(run *running, t Timer) {
 	defer close(run.hbDone)
-	t := w.b.NewTimer(w.conf.KeepAlive)
 	defer t.Stop()
 	for {
 		select {
@@ -137,7 +166,8 @@ func (w *RedisServiceWatcher) heartbeat(ctx context.Context) bool {
 	self := w.Self()
 	cctx, cancel := context.WithTimeout(ctx, w.callTimeout())
 	defer cancel()
-	res, err := w.eval(cctx, scriptHeartbeat, w.selfSync(), self.ID, self.Incarnation, w.conf.TTL.Milliseconds()).Text()
+	res, err := w.eval(cctx, scriptHeartbeat, w.selfSync(), self.ID, self.Incarnation, w.conf.TTL.Milliseconds(),
+		w.recordVersion()).Text()
 	w.noteRoundTrip(err)
 	switch {
 	case err != nil:
@@ -145,6 +175,17 @@ func (w *RedisServiceWatcher) heartbeat(ctx context.Context) bool {
 	case res == "ok":
 		w.b.CountHeartbeat()
 		w.b.SetRegistered(true)
+		return true
+	case res == "stale":
+		// Redis holds an older record than this process wrote (a failover or a
+		// restore lost the latest write). The process knows the truth: write
+		// it again, so that every watcher converges on it.
+		w.b.CountHeartbeat()
+		w.b.SetRegistered(true)
+		if err := w.rewrite(ctx); err == nil {
+			w.log.Warn("svcwatch: Redis held an older record of this process (a lost write?); wrote it again",
+				"key", self.Key(), "incarnation", self.Incarnation)
+		}
 		return true
 	case res == "missing":
 		w.b.SetRegistered(false)

@@ -31,6 +31,7 @@ func (w *RedisServiceWatcher) loadTable(ctx context.Context, ts *tableSync) erro
 	if err != nil {
 		return fmt.Errorf("svcwatch: load %s: %w", ts.table, err)
 	}
+	w.b.CountFullLoad()
 	if len(res) != 5 {
 		return fmt.Errorf("svcwatch: load %s: unexpected reply of %d items", ts.table, len(res))
 	}
@@ -44,7 +45,7 @@ func (w *RedisServiceWatcher) loadTable(ctx context.Context, ts *tableSync) erro
 		raw, _ := flat[i+1].(string)
 		inst, err := decodeRecord(ts.table, id, raw, w.conf.MaxDescSize)
 		if err != nil {
-			w.logBadOnce(ts.table, id, raw, err)
+			w.logBadOnce(ts.table, id, err)
 			continue
 		}
 		insts = append(insts, inst)
@@ -64,9 +65,13 @@ func (w *RedisServiceWatcher) loadTable(ctx context.Context, ts *tableSync) erro
 func (w *RedisServiceWatcher) applyLoad(ts *tableSync, epoch string, rev int64, tok string, insts []Instance) (held, newEpoch bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	ts.lastLoad = w.b.Now()
 	sameEpoch := ts.loaded && epoch == ts.epoch
-	if sameEpoch && rev < ts.rev && ts.history[rev] == tok {
-		return false, false // messages got ahead of this read; the view is newer already
+	if !ts.diverged && sameEpoch && rev < ts.rev && ts.history[rev] == tok {
+		// Messages got ahead of this read: the view is newer already. (Unless
+		// the scan saw Redis go back: then this read is the truth.)
+		ts.reloadAt, ts.force = time.Time{}, false
+		return false, false
 	}
 	newEpoch = ts.loaded && ts.epoch != "" && epoch != ts.epoch
 	rewritten := ts.diverged || (sameEpoch && rev <= ts.rev && ts.history[rev] != tok)

@@ -38,11 +38,18 @@ type tableSync struct {
 	// next read.
 	history  map[int64]string
 	diverged bool
+	// heard: a message of this table arrived since the last scan; silentMoves
+	// counts the scans in a row that found it moved forward without one.
+	heard       bool
+	silentMoves int
 	// holdExpiredUntil: after a new epoch, expiry removals are held back until then.
 	holdExpiredUntil time.Time
 	// reloadAt: when a pending reload is due (zero: none); it is skipped if the
 	// view reaches (wantEpoch, wantRev, wantTok) first, and never when force is set.
+	// lastLoad: when the table was last read, so that reloads asked for by
+	// messages come at most every reloadGap.
 	reloadAt  time.Time
+	lastLoad  time.Time
 	wantEpoch string
 	wantRev   int64
 	wantTok   string
@@ -78,7 +85,7 @@ func (w *RedisServiceWatcher) subscribe(ctx context.Context, run *running, syncs
 	for i, ts := range syncs {
 		channels[i] = ts.keys.Channel
 	}
-	subErr := run.pubsub.Subscribe(ctx, channels...)
+	subErr := w.currentPubSub(run).Subscribe(ctx, channels...)
 	for _, ts := range syncs {
 		select {
 		case <-ts.confirmed:
@@ -92,26 +99,45 @@ func (w *RedisServiceWatcher) subscribe(ctx context.Context, run *running, syncs
 	return nil
 }
 
-// syncLoop owns the subscription's messages, the safety-net scan and reloads.
-func (w *RedisServiceWatcher) syncLoop(run *running) {
-	defer close(run.syncDone)
-	scan := w.b.NewTimer(w.conf.ScanInterval)
-	defer scan.Stop()
+// syncTimers are the sync loop's schedules, made when Start begins.
+type syncTimers struct{ scan, reload, resync Timer }
+
+func (w *RedisServiceWatcher) newSyncTimers() syncTimers {
 	reload := w.b.NewTimer(time.Hour)
+	reload.Stop() // armed when a reload is due
+	return syncTimers{scan: w.b.NewTimer(w.conf.ScanInterval), reload: reload, resync: w.b.NewTimer(w.resyncDelay())}
+}
+
+// syncLoop owns the subscription's messages, the safety-net scan and reloads.
+func (w *RedisServiceWatcher) syncLoop(run *running, timers syncTimers) {
+	defer close(run.syncDone)
+	scan, reload, resync := timers.scan, timers.reload, timers.resync
+	defer scan.Stop()
 	defer reload.Stop()
+	defer resync.Stop()
+	msgs := run.msgs
 	for {
 		select {
 		case <-run.ctx.Done():
+			// go-redis's reader blocks on a full channel even after Close (for
+			// up to a minute): read on until Stop's Close ends the channel.
+			for range msgs {
+			}
 			return
-		case m, ok := <-run.msgs:
+		case m, ok := <-msgs:
 			if !ok {
 				return
 			}
 			w.onPubSub(m)
 		case <-scan.C():
-			w.scan(run.ctx)
+			if stalled := w.scan(run.ctx); stalled {
+				msgs = w.resubscribe(run)
+			}
 			w.b.ReleaseHolds(w.b.Now())
 			scan.Reset(w.conf.ScanInterval)
+		case <-resync.C():
+			w.resyncAll()
+			resync.Reset(w.resyncDelay())
 		case <-reload.C():
 		}
 		next := w.reloadDue(run.ctx)
@@ -167,6 +193,17 @@ func (w *RedisServiceWatcher) reconnectJitter() time.Duration {
 	return time.Duration(mrand.Int63n(int64(max) + 1))
 }
 
+// reloadGap is the shortest time between two reads of a table that messages
+// ask for: an eighth of the scan interval (500 ms at defaults).
+func (w *RedisServiceWatcher) reloadGap() time.Duration { return w.conf.ScanInterval / 8 }
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
 // historySize bounds tableSync.history: a read older than this many changes is
 // not told apart from a rewritten history (and only holds removals back).
 const historySize = 256
@@ -199,7 +236,7 @@ func (ts *tableSync) scheduleReload(at time.Time, epoch string, rev int64, tok s
 func (w *RedisServiceWatcher) applyMessage(table, payload string) {
 	m, err := protocol.DecodeMessage(payload)
 	if err != nil {
-		w.logBadOnce(table, "", payload, err)
+		w.logBadOnce(table, "", err)
 	}
 	var inst Instance
 	var recErr error
@@ -207,7 +244,7 @@ func (w *RedisServiceWatcher) applyMessage(table, payload string) {
 		inst, recErr = decodeRecord(table, m.ID, m.Rec, w.conf.MaxDescSize)
 	}
 	if w.applyInOrder(table, m, err, inst, recErr) && recErr != nil {
-		w.logBadOnce(table, m.ID, m.Rec, recErr)
+		w.logBadOnce(table, m.ID, recErr)
 	}
 }
 
@@ -220,28 +257,34 @@ func (w *RedisServiceWatcher) applyInOrder(table string, m protocol.Message, msg
 	if ts == nil || !ts.loaded {
 		return false // its load is coming
 	}
+	ts.heard = true
 	now := w.b.Now()
+	// Reloads that messages ask for come at most every reloadGap, so that a
+	// flood of junk or out-of-order messages costs a few reads, not one each.
+	soon := maxTime(now, ts.lastLoad.Add(w.reloadGap()))
 	if msgErr != nil {
-		ts.scheduleReload(now, "", 0, "", true)
+		ts.scheduleReload(soon, "", 0, "", true)
 		return false
 	}
 	if m.Epoch == ts.epoch && m.Rev <= ts.rev {
 		if tok, ok := ts.history[m.Rev]; ok && tok != m.Tok {
 			ts.diverged = true
-			ts.scheduleReload(now, "", 0, "", true)
+			ts.scheduleReload(soon, "", 0, "", true)
 		}
 		return false // already in the view (a read overtook the message)
 	}
 	if m.Epoch != ts.epoch || m.Rev != ts.rev+1 || m.Prev != ts.tok {
 		ts.diverged = ts.diverged || (m.Epoch == ts.epoch && m.Rev == ts.rev+1)
-		ts.scheduleReload(now, "", 0, "", true)
+		ts.scheduleReload(soon, "", 0, "", true)
 		return false
 	}
 	ts.remember(m.Rev, m.Tok)
 	switch m.Op {
 	case protocol.OpAdd, protocol.OpUpdate:
 		if recErr != nil {
-			return true
+			// As a full read would: a record this watcher cannot read is absent.
+			w.b.RemoveInstance(table, m.ID, time.Time{})
+			break
 		}
 		w.b.PutInstance(inst)
 	case protocol.OpDel:
@@ -257,10 +300,35 @@ func (w *RedisServiceWatcher) applyInOrder(table string, m protocol.Message, msg
 	return true
 }
 
+// resyncDelay is the time to the next anti-entropy read: the resync interval,
+// less up to a quarter at random.
+func (w *RedisServiceWatcher) resyncDelay() time.Duration {
+	d := w.conf.ResyncInterval
+	return d - time.Duration(mrand.Int63n(int64(d/4)+1))
+}
+
+// resyncAll asks for a full read of every loaded table, so that a view that
+// went wrong without any sign heals.
+func (w *RedisServiceWatcher) resyncAll() {
+	now := w.b.Now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, ts := range w.syncs {
+		if ts.loaded {
+			ts.scheduleReload(now, "", 0, "", true)
+		}
+	}
+}
+
+// silentMovesMax is how many scans in a row may find a table moved forward
+// without any message of it before the subscription is taken for stalled.
+const silentMovesMax = 2
+
 // scan asks each loaded table for its (epoch, revision), all in one pipeline, and
 // schedules a reload of the tables that moved. An idle table costs one small
-// script call per interval, whatever its size.
-func (w *RedisServiceWatcher) scan(ctx context.Context) {
+// script call per interval, whatever its size. It reports whether the
+// subscription looks stalled: a table kept moving and no message came.
+func (w *RedisServiceWatcher) scan(ctx context.Context) (stalled bool) {
 	w.mu.Lock()
 	var tables []*tableSync
 	for _, ts := range w.syncs {
@@ -270,7 +338,7 @@ func (w *RedisServiceWatcher) scan(ctx context.Context) {
 	}
 	w.mu.Unlock()
 	if len(tables) == 0 {
-		return
+		return false
 	}
 	ctx, cancel := context.WithTimeout(ctx, w.callTimeout())
 	defer cancel()
@@ -293,20 +361,65 @@ func (w *RedisServiceWatcher) scan(ctx context.Context) {
 		rev, _ := res[1].(int64)
 		tok, _ := res[2].(string)
 		w.mu.Lock()
+		forward := epoch == ts.epoch && rev > ts.rev
+		if forward && !ts.heard {
+			ts.silentMoves++
+			stalled = stalled || ts.silentMoves >= silentMovesMax
+		} else {
+			ts.silentMoves = 0
+		}
+		ts.heard = false
 		if epoch != ts.epoch || rev != ts.rev || tok != ts.tok {
 			// Messages in flight may close a forward gap before the reload is due;
 			// anything else (a new epoch, a revision that went back or that names
 			// another change) needs the read.
-			forward := epoch == ts.epoch && rev > ts.rev
 			if epoch == ts.epoch && !forward {
 				ts.diverged = true
 			}
-			ts.scheduleReload(w.b.Now().Add(w.conf.ScanInterval/8), epoch, rev, tok, !forward)
+			ts.scheduleReload(w.b.Now().Add(w.reloadGap()), epoch, rev, tok, !forward)
 		} else {
 			w.b.MarkSynced()
 		}
 		w.mu.Unlock()
 	}
+	return stalled
+}
+
+// resubscribe replaces a subscription that delivers nothing (a middlebox that
+// dropped its flow silently, which TCP may take many minutes to notice) with a
+// new one on every watched channel. Each confirmation then reads its table
+// again, as after any reconnect. It returns the new subscription's messages.
+func (w *RedisServiceWatcher) resubscribe(run *running) <-chan interface{} {
+	ps, msgs := w.newPubSub(run)
+	w.mu.Lock()
+	if run.ctx.Err() != nil { // Stop closes run.pubsub after it ends run.ctx
+		w.mu.Unlock()
+		_ = ps.Close()
+		return run.msgs
+	}
+	old, oldMsgs := run.pubsub, run.msgs
+	run.pubsub, run.msgs = ps, msgs
+	channels := make([]string, 0, len(w.syncs))
+	for _, ts := range w.syncs {
+		channels = append(channels, ts.keys.Channel)
+		ts.silentMoves = 0
+	}
+	w.mu.Unlock()
+	w.log.Warn("svcwatch: the subscription delivers nothing while its tables change; subscribing again",
+		"tables", len(channels))
+	_ = old.Close()
+	run.drains.Add(1)
+	go func() { // see syncLoop: the old reader must not block on its channel
+		defer run.drains.Done()
+		for range oldMsgs {
+		}
+	}()
+	ctx, cancel := context.WithTimeout(run.ctx, w.callTimeout())
+	defer cancel()
+	// A failure is not fatal: the new subscription subscribes again when it
+	// reconnects, and the scan keeps the views current meanwhile.
+	_ = ps.Subscribe(ctx, channels...)
+	return msgs
 }
 
 // reloadDue runs the reloads that are due and returns when the next one is.

@@ -41,11 +41,12 @@ type RedisServiceWatcher struct {
 	// update and deregister, so that a deregister can never be overtaken by a
 	// register in flight. A channel, so that waiting for it honours a context.
 	regLock chan struct{}
+	recVer  string // the version of self's record written last; guarded by regLock
 
 	downLogged atomic.Bool // a "does not answer" was logged and not yet taken back
 	// slotsRefreshed: when the Cluster slot map was last reloaded (unix ns).
 	slotsRefreshed atomic.Int64
-	badSeen        sync.Map // fingerprints of unreadable data already logged
+	logged         onceSet // unreadable data and error replies already logged
 }
 
 type watcherState int
@@ -59,11 +60,16 @@ const (
 
 // running holds what one Start created; Stop tears it down.
 type running struct {
-	ctx      context.Context // ends at Stop
-	cancel   context.CancelFunc
-	pubsub   *redis.PubSub
-	msgs     <-chan interface{}
-	syncDone chan struct{}
+	ctx    context.Context // ends at Stop, once self is deregistered
+	cancel context.CancelFunc
+	// attempt ends as soon as Stop begins: it bounds what Start and Watch do
+	// for their callers, so that a Start retrying a stalled Redis lets go at once.
+	attempt       context.Context
+	attemptCancel context.CancelFunc
+	pubsub        *redis.PubSub      // under RedisServiceWatcher.mu: the sync loop replaces a stalled one
+	msgs          <-chan interface{} // pubsub's; read by the sync loop only
+	syncDone      chan struct{}
+	drains        sync.WaitGroup // goroutines that read out replaced subscriptions
 
 	hbCancel  context.CancelFunc
 	hbCtx     context.Context
@@ -116,11 +122,11 @@ func (w *RedisServiceWatcher) Start(ctx context.Context) error {
 	w.state = stateStarting
 	run := &running{syncDone: make(chan struct{}), hbDone: make(chan struct{})}
 	run.ctx, run.cancel = context.WithCancel(context.Background())
+	run.attempt, run.attemptCancel = context.WithCancel(run.ctx)
 	run.hbCtx, run.hbCancel = context.WithCancel(run.ctx)
 	// Made before w.run is visible, so that a concurrent Stop finds it whole;
 	// the PubSub connects in the background.
-	run.pubsub = w.client.Subscribe(run.ctx)
-	run.msgs = run.pubsub.ChannelWithSubscriptions(redis.WithChannelSize(1024))
+	run.pubsub, run.msgs = w.newPubSub(run)
 	w.run = run
 	var syncs []*tableSync
 	for _, t := range w.Tables() {
@@ -129,7 +135,7 @@ func (w *RedisServiceWatcher) Start(ctx context.Context) error {
 	w.mu.Unlock()
 
 	w.b.StartEvents()
-	go w.syncLoop(run)
+	go w.syncLoop(run, w.newSyncTimers())
 
 	err := w.start(ctx, run, syncs)
 	if err == nil {
@@ -161,7 +167,7 @@ func (w *RedisServiceWatcher) Start(ctx context.Context) error {
 func (w *RedisServiceWatcher) start(ctx context.Context, run *running, syncs []*tableSync) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	defer context.AfterFunc(run.ctx, cancel)()
+	defer context.AfterFunc(run.attempt, cancel)()
 
 	if err := w.subscribe(ctx, run, syncs); err != nil {
 		return err
@@ -185,7 +191,8 @@ func (w *RedisServiceWatcher) start(ctx context.Context, run *running, syncs []*
 		}
 		run.hbStarted = true
 		w.mu.Unlock()
-		go w.heartbeatLoop(run)
+		// The schedule starts now, not whenever the goroutine first runs.
+		go w.heartbeatLoop(run, w.b.NewTimer(w.conf.KeepAlive))
 	}
 	return w.b.Flush(ctx)
 }
@@ -214,7 +221,7 @@ func (w *RedisServiceWatcher) Watch(ctx context.Context, table string) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	defer context.AfterFunc(run.ctx, cancel)()
+	defer context.AfterFunc(run.attempt, cancel)()
 	if added {
 		if err := w.subscribe(ctx, run, []*tableSync{ts}); err != nil {
 			return w.stoppedOr(err)
@@ -247,7 +254,10 @@ func (w *RedisServiceWatcher) stoppedOr(err error) error {
 
 // Stop deregisters self, so that peers see OnRemove at once, and ends every
 // goroutine of the watcher. With Redis down it returns when ctx ends (a call in
-// flight may outlive it until the client's own timeout). It is idempotent: later
+// flight, such as closing a connection still being dialed, may outlive it until
+// the client's own timeout). A ctx that is already over (a signal handler's,
+// often) still gets a short best effort of its own, bounded by the keepalive
+// interval and 1s, so that peers need not wait a TTL. It is idempotent: later
 // calls return nil. After it returns, no handler is called. A handler or the
 // WithOnRegistrationLost callback may call it.
 func (w *RedisServiceWatcher) Stop(ctx context.Context) error {
@@ -259,6 +269,11 @@ func (w *RedisServiceWatcher) Stop(ctx context.Context) error {
 	w.state = stateStopped
 	run := w.run
 	w.mu.Unlock()
+	if ctx.Err() != nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), min(w.conf.KeepAlive, time.Second))
+		defer cancel()
+	}
 	var err error
 	if run != nil {
 		err = w.shutdown(ctx, run)
@@ -266,12 +281,14 @@ func (w *RedisServiceWatcher) Stop(ctx context.Context) error {
 	return errors.Join(err, w.b.StopEvents(ctx))
 }
 
-// shutdown stops the heartbeat, deregisters, then stops the sync loop. Once.
+// shutdown ends a Start or Watch in progress and the heartbeat, deregisters,
+// then stops the subscription and the sync loop. Once. Every wait ends with ctx.
 func (w *RedisServiceWatcher) shutdown(ctx context.Context, run *running) error {
 	run.stopOnce.Do(func() {
 		w.mu.Lock()
 		hbStarted := run.hbStarted
 		w.mu.Unlock()
+		run.attemptCancel() // a register in flight lets go of regLock
 		run.hbCancel()
 		var errs []error
 		if hbStarted {
@@ -282,11 +299,37 @@ func (w *RedisServiceWatcher) shutdown(ctx context.Context, run *running) error 
 			errs = append(errs, w.deregister(ctx))
 		}
 		run.cancel()
-		errs = append(errs, run.pubsub.Close())
+		// go-redis's Close waits for a connect in progress, which a stalled
+		// network can hold for the client's dial timeout: wait only until ctx ends.
+		closeErr := make(chan error, 1)
+		pubsub := w.currentPubSub(run)
+		go func() { closeErr <- pubsub.Close() }()
+		select {
+		case err := <-closeErr:
+			errs = append(errs, err)
+		case <-ctx.Done():
+			errs = append(errs, fmt.Errorf("svcwatch: closing the subscription: %w", ctx.Err()))
+		}
 		errs = append(errs, waitDone(ctx, run.syncDone, "sync loop"))
+		drained := make(chan struct{})
+		go func() { run.drains.Wait(); close(drained) }()
+		errs = append(errs, waitDone(ctx, drained, "replaced subscriptions"))
 		run.stopErr = errors.Join(errs...)
 	})
 	return run.stopErr
+}
+
+// newPubSub makes a subscription that connects when it first subscribes.
+func (w *RedisServiceWatcher) newPubSub(run *running) (*redis.PubSub, <-chan interface{}) {
+	ps := w.client.Subscribe(run.ctx)
+	return ps, ps.ChannelWithSubscriptions(redis.WithChannelSize(1024))
+}
+
+// currentPubSub returns the run's subscription.
+func (w *RedisServiceWatcher) currentPubSub(run *running) *redis.PubSub {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return run.pubsub
 }
 
 func waitDone(ctx context.Context, done <-chan struct{}, what string) error {
@@ -327,7 +370,7 @@ func (w *RedisServiceWatcher) SetDesc(ctx context.Context, desc string) error {
 	defer w.unlockReg()
 	prev := w.Self().Desc
 	w.b.SetSelfDesc(desc)
-	err := w.updateLocked(ctx)
+	err := w.updateLocked(ctx, true)
 	if err != nil {
 		w.b.SetSelfDesc(prev)
 		return w.stoppedOr(fmt.Errorf("svcwatch: set desc: %w", err))

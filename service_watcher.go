@@ -31,6 +31,7 @@ type ServiceWatcher struct {
 	started    atomic.Bool  // the event goroutine was started
 	connected  atomic.Bool
 	registered atomic.Bool
+	confirmed  atomic.Int64 // unix ns (watcher's clock) of the latest confirmed registration
 	heartbeats atomic.Uint64
 	rereg      atomic.Uint64
 }
@@ -99,7 +100,7 @@ func (w *ServiceWatcher) Tables() []string {
 func (w *ServiceWatcher) Stats() Stats {
 	s := Stats{
 		Connected:       w.connected.Load(),
-		Registered:      w.registered.Load(),
+		Registered:      w.registeredNow(),
 		Heartbeats:      w.heartbeats.Load(),
 		Reregistrations: w.rereg.Load(),
 		FullLoads:       w.fullLoads.Load(),
@@ -109,6 +110,16 @@ func (w *ServiceWatcher) Stats() Stats {
 		s.LastSync = time.Unix(0, ns)
 	}
 	return s
+}
+
+// registeredNow reports what peers see as far as this process can know: it is
+// registered, and Redis confirmed it within one TTL (a process cut off longer
+// than that has expired at its peers).
+func (w *ServiceWatcher) registeredNow() bool {
+	if !w.registered.Load() {
+		return false
+	}
+	return w.cfg.clock.Now().UnixNano()-w.confirmed.Load() < int64(w.cfg.TTL)
 }
 
 // addTable records table as watched; it reports whether it was new.

@@ -155,7 +155,7 @@ type Watcher interface {
 // Stats describes a watcher's health. All counters start at zero at construction.
 type Stats struct {
 	Connected       bool      // the last Redis round trip succeeded
-	Registered      bool      // self is registered right now
+	Registered      bool      // self is registered, as far as it can know: confirmed by Redis within one TTL
 	Heartbeats      uint64    // keepalives that succeeded
 	Reregistrations uint64    // times self was found missing and registered again
 	FullLoads       uint64    // full reads of a table

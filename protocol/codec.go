@@ -14,6 +14,7 @@ var jsonCodec = jsoniter.ConfigCompatibleWithStandardLibrary
 // instance ID). Readers ignore fields they do not know.
 type Record struct {
 	Inc  string `json:"inc"`  // incarnation: random per Start
+	Ver  string `json:"ver"`  // record version: a token its owner makes per write
 	Name string `json:"name"` // the address peers dial
 	Desc string `json:"desc"` // the process's own description
 	Reg  int64  `json:"reg"`  // registered at, Redis server ms
@@ -78,7 +79,8 @@ func DecodeMessage(payload string) (Message, error) {
 }
 
 // Encode returns the record's JSON, fields in the order the scripts write them
-// (the incarnation first: the heartbeat checks ownership by that prefix). Tools
+// (the incarnation and the version first: the heartbeat checks them by that
+// prefix). Tools
 // and tests use it to write records as a registration would.
 func (r Record) Encode() string {
 	s, _ := jsonCodec.MarshalToString(r) // strings and integers always encode

@@ -5,4 +5,5 @@ if not owns(redis.call('HGET', kInst, id), inc) then return 0 end
 redis.call('HDEL', kInst, id)
 redis.call('ZREM', kExp, id)
 publish('del', id)
+settle()
 return 1

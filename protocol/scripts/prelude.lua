@@ -2,13 +2,74 @@
 -- hash tag, so they live in one Cluster slot.
 -- KEYS: 1 inst (HASH id -> record), 2 exp (ZSET id -> deadline ms), 3 rev, 4 epoch,
 --       5 meta (HASH: last = server ms of the latest call, guard = of the latest guard,
---       tok = the token of the latest change)
+--       tok = the token of the latest change, n = the number of records)
 -- ARGV: 1 channel, 2 silence ms (half the caller's TTL), 3 reap limit,
---       4 epoch candidate (set if the epoch is missing when something is written)
+--       4 a fresh random token: the epoch if the table needs a new one, and the
+--       stem of this call's change tokens
+--
+-- Every script first makes the table whole: no write may fail halfway (Redis
+-- does not roll a script back), and data lost without a published change (an
+-- eviction, a stray DEL or ZREM) must not leave watchers wrong for good.
 local kInst, kExp, kRev, kEpoch, kMeta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local channel, silence, reapLimit, epochCand = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function decode(rec)
+  local ok, r = pcall(cjson.decode, rec)
+  if ok and type(r) == 'table' then return r end
+  return {}
+end
+
+-- A record's own TTL, or twice the silence (the caller's TTL) if it has none.
+local function ttlOf(rec)
+  local ttl = tonumber(decode(rec or '').ttl)
+  if ttl and ttl > 0 then return ttl end
+  return 2 * silence
+end
+
+-- Repair. A key of the wrong type or a revision that is not an integer is
+-- dropped; records without a deadline get one TTL (a live owner heartbeats on,
+-- a dead one is reaped); deadlines without a record go; a record count that
+-- disagrees with the records shows keys that vanished. Each of these means the
+-- table lost data outside the protocol, so it gets a new epoch: every watcher
+-- reads it again and holds removals back for one TTL, and every live owner
+-- finds its registration missing and registers again.
+local damaged = false
+do
+  local want = {{kInst, 'hash'}, {kExp, 'zset'}, {kRev, 'string'}, {kEpoch, 'string'}, {kMeta, 'hash'}}
+  for _, kt in ipairs(want) do
+    local got = redis.call('TYPE', kt[1])['ok']
+    if got ~= 'none' and got ~= kt[2] then
+      redis.call('DEL', kt[1])
+      damaged = true
+    end
+  end
+  local rev = redis.call('GET', kRev)
+  if rev and not string.match(rev, '^%d+$') then
+    redis.call('DEL', kRev)
+    damaged = true
+  end
+  local nInst, nExp = redis.call('HLEN', kInst), redis.call('ZCARD', kExp)
+  local n = tonumber(redis.call('HGET', kMeta, 'n') or '')
+  if nInst ~= nExp or (n ~= nil and n ~= nInst) then
+    local all = redis.call('HGETALL', kInst)
+    for i = 1, #all, 2 do
+      if not redis.call('ZSCORE', kExp, all[i]) then
+        redis.call('ZADD', kExp, now + ttlOf(all[i + 1]), all[i])
+      end
+    end
+    local ids = redis.call('ZRANGE', kExp, 0, -1)
+    for _, id in ipairs(ids) do
+      if redis.call('HEXISTS', kInst, id) == 0 then redis.call('ZREM', kExp, id) end
+    end
+    damaged = true
+  end
+  if damaged then
+    redis.call('SET', kEpoch, epochCand)
+    redis.log(redis.LOG_WARNING, 'svcwatch: table ' .. kInst .. ' had lost or damaged data; repaired under a new epoch')
+  end
+end
 
 local function epoch()
   local e = redis.call('GET', kEpoch)
@@ -17,6 +78,11 @@ local function epoch()
     e = epochCand
   end
   return e
+end
+
+-- settle records the number of records, which the repair above checks.
+local function settle()
+  redis.call('HSET', kMeta, 'n', redis.call('HLEN', kInst))
 end
 
 -- publish bumps the revision and tells the watchers about one change. Each
@@ -36,22 +102,17 @@ local function publish(op, id, rec)
   return rev
 end
 
--- record builds the stored JSON; the incarnation comes first so that the
--- heartbeat can check it with a prefix compare instead of decoding the record.
-local function record(inc, name, desc, reg, ttl)
-  return '{"inc":' .. cjson.encode(inc) .. ',"name":' .. cjson.encode(name) ..
+-- record builds the stored JSON. The incarnation comes first and the record's
+-- version second, so that the heartbeat checks both with a prefix compare
+-- instead of decoding the record.
+local function record(inc, ver, name, desc, reg, ttl)
+  return '{"inc":' .. cjson.encode(inc) .. ',"ver":' .. cjson.encode(ver) .. ',"name":' .. cjson.encode(name) ..
     ',"desc":' .. cjson.encode(desc) .. ',"reg":' .. reg .. ',"ttl":' .. ttl .. '}'
 end
 
 local function owns(rec, inc)
   local p = '{"inc":' .. cjson.encode(inc) .. ','
   return rec ~= false and string.sub(rec, 1, #p) == p
-end
-
-local function decode(rec)
-  local ok, r = pcall(cjson.decode, rec)
-  if ok and type(r) == 'table' then return r end
-  return {}
 end
 
 -- The mass-expiry guard: a table that no script touched for longer than the
@@ -68,7 +129,7 @@ do
     if now - g >= 2 * silence then
       local all = redis.call('ZRANGE', kExp, 0, -1, 'WITHSCORES')
       for i = 1, #all, 2 do
-        local ttl = tonumber(decode(redis.call('HGET', kInst, all[i]) or '').ttl) or 2 * silence
+        local ttl = ttlOf(redis.call('HGET', kInst, all[i]))
         if tonumber(all[i + 1]) < now + ttl then
           redis.call('ZADD', kExp, now + ttl, all[i])
         end
@@ -88,3 +149,4 @@ if not guarded then
     if redis.call('HDEL', kInst, id) == 1 then publish('expired', id) end
   end
 end
+settle()

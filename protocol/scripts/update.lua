@@ -1,10 +1,10 @@
--- ARGV: 5 id, 6 incarnation, 7 name, 8 desc, 9 ttl ms
+-- ARGV: 5 id, 6 incarnation, 7 name, 8 desc, 9 ttl ms, 10 record version
 -- Returns 'ok', 'missing' or 'replaced'.
-local id, inc, name, desc, ttl = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
+local id, inc, name, desc, ttl, ver = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10]
 local old = redis.call('HGET', kInst, id)
 if not old then return 'missing' end
 if not owns(old, inc) then return 'replaced' end
-local rec = record(inc, name, desc, tonumber(decode(old).reg) or now, ttl)
+local rec = record(inc, ver, name, desc, tonumber(decode(old).reg) or now, ttl)
 redis.call('HSET', kInst, id, rec)
 redis.call('ZADD', kExp, now + ttl, id)
 if rec ~= old then publish('update', id, rec) end

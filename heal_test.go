@@ -2,11 +2,14 @@ package svcwatch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/svcwatch/svcwatch/internal/redistest"
 	"github.com/svcwatch/svcwatch/protocol"
@@ -300,4 +303,121 @@ func sortedCopy(s []string) []string {
 	out := append([]string(nil), s...)
 	sort.Strings(out)
 	return out
+}
+
+// proxiedNode starts a node whose client reaches srv through a proxy the test
+// controls (ContextTimeoutEnabled, default dial timeout).
+func proxiedNode(t *testing.T, b *backend, proxy *redistest.Proxy, id string, opts ...Option) *node {
+	t.Helper()
+	pb := *b
+	pb.client = func(t testing.TB) redis.UniversalClient {
+		c := redis.NewClient(&redis.Options{Addr: proxy.Addr(), ContextTimeoutEnabled: true,
+			ReadTimeout: 300 * time.Millisecond, WriteTimeout: 300 * time.Millisecond, MaxRetries: -1})
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	return pb.newNode(t, gameTable, id, opts...)
+}
+
+// Stop keeps to its context while Start is still trying to reach a Redis that
+// accepts connections and then says nothing.
+func TestHealStopDuringStalledConnect(t *testing.T) {
+	checkLeaks(t)
+	_, srv := faultBackend(t, redistest.ServerOptions{})
+	proxy := redistest.StartProxy(t, srv.Addr())
+	proxy.Blackhole(true)
+	c := redis.NewClient(&redis.Options{Addr: proxy.Addr(), ContextTimeoutEnabled: true, DialTimeout: 5 * time.Second})
+	defer c.Close()
+	w, err := NewRedisServiceWatcher(c, Instance{Table: gameTable, ID: "a", Name: "127.0.0.1:1"},
+		WithTTL(time.Second), WithKeepAliveInterval(200*time.Millisecond), WithLogger(quietLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan error, 1)
+	go func() { started <- w.Start(context.Background()) }()
+	eventually(t, "Start's connections held by the blackhole", func() bool { return proxy.Conns() >= 2 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	began := time.Now()
+	stopErr := w.Stop(ctx)
+	took := time.Since(began)
+	t.Logf("Stop with a 500ms context took %v: %v", took, stopErr)
+	// The promise is "returns when its context ends"; the margin is for a
+	// loaded machine, far below the dial timeout that used to hold it.
+	if took > 3*time.Second {
+		t.Errorf("Stop took %v with a 500ms context", took)
+	}
+	select {
+	case err := <-started:
+		if !errors.Is(err, ErrStopped) {
+			t.Errorf("Start = %v, want ErrStopped", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("Start did not return after Stop")
+	}
+	proxy.Close() // the dials it held end now, before the leak check
+}
+
+// A subscription whose flow a middlebox dropped silently is replaced: changes
+// reach the watcher by push again, not only by the scan.
+func TestHealStalledSubscription(t *testing.T) {
+	checkLeaks(t)
+	b, srv := faultBackend(t, redistest.ServerOptions{})
+	proxy := redistest.StartProxy(t, srv.Addr())
+	logs := &logCounter{}
+	a := b.newNode(t, gameTable, "a")
+	w := proxiedNode(t, b, proxy, "w", WithLogger(logs.logger()))
+	converge(t, []*node{w}, gameTable, "a,w")
+	proxy.Stall() // the subscription and the pooled connections; new ones work
+
+	ctx := context.Background()
+	descAt := func() string { got, _ := w.w.Lookup(gameTable, "a"); return got.Desc }
+	for i := 0; logs.count("subscribing again") == 0; i++ {
+		if i > 100 {
+			t.Fatalf("the stalled subscription was never replaced:\n%s", logs)
+		}
+		want := fmt.Sprintf("v%d", i)
+		if err := a.w.SetDesc(ctx, want); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the change by the scan", func() bool { return descAt() == want })
+	}
+	// Settled (the new subscription's reads done): a change now costs no read.
+	for {
+		loads := w.w.Stats().FullLoads
+		for i := 0; i < 2; i++ {
+			synced := w.w.Stats().LastSync
+			eventually(t, "a scan", func() bool { return w.w.Stats().LastSync.After(synced) })
+		}
+		if w.w.Stats().FullLoads == loads {
+			break
+		}
+	}
+	loads := w.w.Stats().FullLoads
+	if err := a.w.SetDesc(ctx, "by push"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the change by push", func() bool { return descAt() == "by push" })
+	if extra := w.w.Stats().FullLoads - loads; extra != 0 {
+		t.Errorf("the change after the new subscription took %d full reads: push still does not work", extra)
+	}
+	noRemoves(t, []*node{w}, "a")
+}
+
+// Stats().Registered says what peers see: a process cut off from Redis for
+// longer than its TTL is not registered, and is again once Redis answers.
+func TestHealRegisteredDuringPartition(t *testing.T) {
+	checkLeaks(t)
+	b, srv := faultBackend(t, redistest.ServerOptions{})
+	proxy := redistest.StartProxy(t, srv.Addr())
+	w := proxiedNode(t, b, proxy, "w")
+	if !w.w.Stats().Registered {
+		t.Fatal("not registered after Start")
+	}
+	proxy.Blackhole(true)
+	proxy.Stall()
+	eventually(t, "Registered false after a TTL without Redis", func() bool { return !w.w.Stats().Registered })
+	proxy.Blackhole(false)
+	eventually(t, "Registered again once Redis answers", func() bool { return w.w.Stats().Registered })
 }

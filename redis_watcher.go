@@ -336,6 +336,11 @@ func waitDone(ctx context.Context, done <-chan struct{}, what string) error {
 	select {
 	case <-done:
 		return nil
+	default:
+	}
+	select {
+	case <-done:
+		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("svcwatch: waiting for the %s to end: %w", what, ctx.Err())
 	}

@@ -145,7 +145,7 @@ func checkSequences(t *testing.T, n *node) {
 			}
 			cur[key] = e.inst
 		case "update":
-			if !up || held.Incarnation != e.inst.Incarnation || e.old != held {
+			if !up || held.Incarnation != e.inst.Incarnation || !e.old.same(held) {
 				t.Errorf("%s: update %s does not follow what it was told (%+v)", n.w.Self().ID, e, held)
 			}
 			cur[key] = e.inst

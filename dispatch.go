@@ -183,7 +183,7 @@ func (d *dispatcher) deliver(key string, latest *Instance) {
 		d.known[key] = *latest
 		d.call(func(h Handler) { h.OnRemove(old) })
 		d.call(func(h Handler) { h.OnAdd(*latest) })
-	case old != *latest:
+	case !old.same(*latest):
 		d.known[key] = *latest
 		d.call(func(h Handler) { h.OnUpdate(old, *latest) })
 	}

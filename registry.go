@@ -107,7 +107,7 @@ func (r *registry) putLocked(view map[string]*entry, inst Instance) {
 		e.heldUntil = time.Time{}
 		r.held--
 	}
-	if e.inst == inst {
+	if e.inst.same(inst) {
 		return
 	}
 	e.inst = inst

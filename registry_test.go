@@ -50,7 +50,7 @@ func newTestRegistry() (*registry, *emitLog) {
 		case !had:
 			l.ops = append(l.ops, "add "+key)
 			l.state[key] = *latest
-		case old != *latest:
+		case !old.same(*latest):
 			l.ops = append(l.ops, "update "+key)
 			l.state[key] = *latest
 		default:

@@ -35,6 +35,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"strconv"
 	"strings"
 	"time"
 
@@ -55,12 +57,43 @@ var (
 	ErrReplaced = errors.New("svcwatch: registration replaced by another incarnation")
 )
 
+// State is whether an instance takes new work. Its zero value is Serving.
+type State uint8
+
+// The states of an instance.
+const (
+	// Serving takes new work: Pick gives it keys.
+	Serving State = iota
+	// Draining finishes what it has (its players stay, its connections stay
+	// open) and takes no new work.
+	Draining
+	// Unhealthy failed its own health check; it takes no new work.
+	Unhealthy
+)
+
+// String returns "serving", "draining" or "unhealthy" ("state(N)" otherwise).
+func (s State) String() string {
+	switch s {
+	case Serving:
+		return "serving"
+	case Draining:
+		return "draining"
+	case Unhealthy:
+		return "unhealthy"
+	}
+	return "state(" + strconv.Itoa(int(s)) + ")"
+}
+
 // Instance is one registered process.
 type Instance struct {
 	Table string // cluster path, e.g. "mygame/prod/20190510/gate"
 	ID    string // unique within Table
 	Name  string // address peers dial, "host:port"
 	Desc  string // the process's own description, usually JSON
+	// Meta holds small structured attributes (weight, zone, load ...); nil when
+	// none. Every Instance a watcher hands out has a Meta of its own.
+	Meta  map[string]string
+	State State // Serving (the zero value), Draining or Unhealthy
 
 	// Set by the watcher on the instances it reports.
 	Incarnation  string    // random per Start
@@ -69,6 +102,21 @@ type Instance struct {
 
 // Key returns Table + "/" + ID, the instance's unique name across tables.
 func (i Instance) Key() string { return i.Table + "/" + i.ID }
+
+// Weight returns Meta["weight"], the instance's share of keys in Pick relative
+// to its peers': a non-negative integer, 1 when absent (or, in data that did not
+// pass the checks of SetMeta, unreadable).
+func (i Instance) Weight() int {
+	v, ok := i.Meta["weight"]
+	if !ok {
+		return 1
+	}
+	w, err := strconv.Atoi(v)
+	if err != nil || w < 0 {
+		return 1
+	}
+	return w
+}
 
 // Decode unmarshals Desc, which must be JSON, into v.
 func (i Instance) Decode(v any) error {
@@ -161,4 +209,17 @@ type Stats struct {
 	FullLoads       uint64    // full reads of a table
 	Events          uint64    // handler calls made
 	LastSync        time.Time // when the view was last confirmed current (local clock)
+}
+
+// same reports whether a and b are equal, Meta compared by content.
+func (i Instance) same(o Instance) bool {
+	return i.Table == o.Table && i.ID == o.ID && i.Name == o.Name && i.Desc == o.Desc &&
+		i.State == o.State && i.Incarnation == o.Incarnation && i.RegisteredAt.Equal(o.RegisteredAt) &&
+		maps.Equal(i.Meta, o.Meta)
+}
+
+// clone returns i with a Meta of its own, for an observer.
+func (i Instance) clone() Instance {
+	i.Meta = maps.Clone(i.Meta)
+	return i
 }

@@ -7,6 +7,8 @@ package svcwatch
 
 import (
 	"context"
+	"errors"
+	"maps"
 	"time"
 )
 
@@ -84,10 +86,11 @@ func (b *Backend) StartEvents() {
 // ends, and is idempotent.
 func (b *Backend) StopEvents(ctx context.Context) error {
 	b.w.disp.stop()
+	healthErr := b.w.health.wait(ctx)
 	if !b.w.started.Load() {
-		return nil
+		return healthErr
 	}
-	return b.w.disp.wait(ctx)
+	return errors.Join(healthErr, b.w.disp.wait(ctx))
 }
 
 // SetRegistration records self's current incarnation and the (server) time it
@@ -96,9 +99,29 @@ func (b *Backend) SetRegistration(incarnation string, at time.Time) {
 	b.w.setSelf(func(s *Instance) { s.Incarnation, s.RegisteredAt = incarnation, at })
 }
 
-// SetSelfDesc records self's Desc; a backend calls it once the new Desc is
-// stored (or, before Start, to have it registered).
+// SetSelfDesc records self's Desc; a backend calls it as it stores the new Desc
+// (or, before Start, to have it registered).
 func (b *Backend) SetSelfDesc(desc string) { b.w.setSelf(func(s *Instance) { s.Desc = desc }) }
+
+// SetSelfMeta records self's Meta (a copy of meta), as SetSelfDesc.
+func (b *Backend) SetSelfMeta(meta map[string]string) {
+	meta = maps.Clone(meta)
+	if len(meta) == 0 {
+		meta = nil
+	}
+	b.w.setSelf(func(s *Instance) { s.Meta = meta })
+}
+
+// SetSelfState records the state the process set, as SetSelfDesc; while the
+// health check fails, Self shows Unhealthy instead.
+func (b *Backend) SetSelfState(s State) { b.w.setWantState(s) }
+
+// WantState returns the state the process set (Self().State is what peers see).
+func (b *Backend) WantState() State {
+	b.w.mu.Lock()
+	defer b.w.mu.Unlock()
+	return b.w.wantState
+}
 
 // SetConnected records whether the latest round trip to the store succeeded.
 func (b *Backend) SetConnected(ok bool) { b.w.connected.Store(ok) }

@@ -1116,3 +1116,40 @@ func TestConnManagerFilterPanic(t *testing.T) {
 		}
 	}
 }
+
+// A draining or unhealthy peer keeps its connection (its players are still
+// there); a filter that looks at the state can drop it if the user wants.
+func TestConnManagerKeepsDrainingPeers(t *testing.T) {
+	connLeakCheck(t)
+	srv := startServer(t, "127.0.0.1:0")
+	var d tcpDialer
+	m := newTestManager(t, &d)
+	p := peer("a", srv.addr)
+	m.OnAdd(p)
+	c1 := waitConn(t, m, p.Key(), nil)
+	prev := p
+	for _, s := range []State{Draining, Unhealthy, Serving} {
+		cur := prev
+		cur.State = s
+		m.OnUpdate(prev, cur)
+		if c, ok := m.Get(p.Key()); !ok || c != c1 {
+			t.Fatalf("state %v: the connection changed: %v %v", s, c, ok)
+		}
+		prev = cur
+	}
+	if n := d.calls.Load(); n != 1 {
+		t.Fatalf("dials: got %d, want 1", n)
+	}
+
+	// The filter sees the state.
+	var d2 tcpDialer
+	m2 := newTestManager(t, &d2, WithConnFilter(func(i Instance) bool { return i.State == Serving }))
+	m2.OnAdd(p)
+	waitConn(t, m2, p.Key(), nil)
+	draining := p
+	draining.State = Draining
+	m2.OnUpdate(p, draining)
+	if _, ok := m2.Get(p.Key()); ok {
+		t.Fatal("a filter that refuses draining peers kept the connection")
+	}
+}

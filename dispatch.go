@@ -168,24 +168,26 @@ func (d *dispatcher) run() {
 	}
 }
 
+// deliver tells the handlers what changed for key since they were last told.
+// Each handler call gets Instances with Meta maps of its own.
 func (d *dispatcher) deliver(key string, latest *Instance) {
 	old, had := d.known[key]
 	switch {
 	case latest == nil && had:
 		delete(d.known, key)
-		d.call(func(h Handler) { h.OnRemove(old) })
+		d.call(func(h Handler) { h.OnRemove(old.clone()) })
 	case latest == nil:
 		// added and removed before the handler heard of it
 	case !had:
 		d.known[key] = *latest
-		d.call(func(h Handler) { h.OnAdd(*latest) })
+		d.call(func(h Handler) { h.OnAdd(latest.clone()) })
 	case old.Incarnation != latest.Incarnation:
 		d.known[key] = *latest
-		d.call(func(h Handler) { h.OnRemove(old) })
-		d.call(func(h Handler) { h.OnAdd(*latest) })
+		d.call(func(h Handler) { h.OnRemove(old.clone()) })
+		d.call(func(h Handler) { h.OnAdd(latest.clone()) })
 	case !old.same(*latest):
 		d.known[key] = *latest
-		d.call(func(h Handler) { h.OnUpdate(old, *latest) })
+		d.call(func(h Handler) { h.OnUpdate(old.clone(), latest.clone()) })
 	}
 }
 

@@ -6,6 +6,7 @@ package svcwatch
 // goroutine only.
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -45,6 +46,7 @@ type Config struct {
 type config struct {
 	Config
 	onLost func(self Instance, err error)
+	health func(ctx context.Context) error
 	clock  clock
 
 	// Values as given, kept for validate: zero means "not given" for these.

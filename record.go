@@ -27,11 +27,38 @@ func decodeRecord(table, id, raw string, maxDesc int) (Instance, error) {
 	if checkName("id", id, maxIDLen, false) != nil || checkName("name", r.Name, maxNameLen, true) != nil {
 		return Instance{}, fmt.Errorf("%w: missing or bad id or name", errBadRecord)
 	}
-	if len(r.Desc) > maxDesc {
-		return Instance{}, fmt.Errorf("%w: desc is %d bytes, over the limit of %d", errBadRecord, len(r.Desc), maxDesc)
+	size := len(r.Desc)
+	for k, v := range r.Meta {
+		size += len(k) + len(v)
+	}
+	if size > maxDesc {
+		return Instance{}, fmt.Errorf("%w: desc and meta are %d bytes, over the limit of %d", errBadRecord, size, maxDesc)
+	}
+	if len(r.Meta) == 0 {
+		r.Meta = nil
 	}
 	return Instance{
-		Table: table, ID: id, Name: r.Name, Desc: r.Desc,
+		Table: table, ID: id, Name: r.Name, Desc: r.Desc, Meta: r.Meta, State: stateOf(r.State),
 		Incarnation: r.Inc, RegisteredAt: time.UnixMilli(r.Reg),
 	}, nil
+}
+
+// stateOf reads a record's state. A state this version does not know (from a
+// newer writer) takes no new work, as Unhealthy.
+func stateOf(s string) State {
+	switch s {
+	case "", protocol.StateServing:
+		return Serving
+	case protocol.StateDraining:
+		return Draining
+	}
+	return Unhealthy
+}
+
+// stateName is the record's spelling of s ("" for Serving, written as none).
+func stateName(s State) string {
+	if s == Serving {
+		return ""
+	}
+	return s.String()
 }

@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/svcwatch/svcwatch/protocol"
 )
 
 func (w *RedisServiceWatcher) lockReg(ctx context.Context) error {
@@ -57,7 +59,7 @@ func (w *RedisServiceWatcher) registerLocked(ctx context.Context) error {
 		w.recVer = newToken()
 	}
 	res, err := w.eval(cctx, scriptRegister, w.selfSync(), self.ID, self.Incarnation, self.Name, self.Desc,
-		w.conf.TTL.Milliseconds(), replace, regAt, w.recVer).Slice()
+		w.conf.TTL.Milliseconds(), replace, regAt, w.recVer, protocol.EncodeMeta(self.Meta), stateName(self.State)).Slice()
 	w.noteRoundTrip(err)
 	if err != nil {
 		return fmt.Errorf("svcwatch: register %s: %w", self.Key(), err)
@@ -86,7 +88,7 @@ func (w *RedisServiceWatcher) updateLocked(ctx context.Context, newVersion bool)
 	cctx, cancel := context.WithTimeout(ctx, w.callTimeout())
 	defer cancel()
 	res, err := w.eval(cctx, scriptUpdate, w.selfSync(), self.ID, self.Incarnation, self.Name, self.Desc,
-		w.conf.TTL.Milliseconds(), w.recVer).Text()
+		w.conf.TTL.Milliseconds(), w.recVer, protocol.EncodeMeta(self.Meta), stateName(self.State)).Text()
 	w.noteRoundTrip(err)
 	switch {
 	case err != nil:
@@ -97,6 +99,26 @@ func (w *RedisServiceWatcher) updateLocked(ctx context.Context, newVersion bool)
 		return fmt.Errorf("%w: %s", ErrReplaced, self.Key())
 	}
 	return nil
+}
+
+// writeState writes self's record after its state changed. It reports false
+// when this incarnation has stood down, and whether the write must be tried again.
+func (w *RedisServiceWatcher) writeState(ctx context.Context) (ok, again bool) {
+	if err := w.lockReg(ctx); err != nil {
+		return true, true
+	}
+	err := w.updateLocked(ctx, true)
+	w.unlockReg()
+	switch {
+	case err == nil:
+		w.b.CountHeartbeat() // it refreshed the deadline too
+		w.b.SetRegistered(true)
+		return true, false
+	case errors.Is(err, ErrReplaced), errors.Is(err, ErrDuplicateID):
+		w.standDown(w.Self(), err)
+		return false, false
+	}
+	return true, true
 }
 
 // rewrite writes self's record again, same version.
@@ -140,11 +162,14 @@ func (w *RedisServiceWatcher) deregister(ctx context.Context) error {
 	return nil
 }
 
-// heartbeatLoop runs one heartbeat each time t fires, every keepalive interval,
-// until Stop, or until this incarnation stands down.
+// heartbeatLoop runs the health check and one heartbeat each time t fires,
+// every keepalive interval, until Stop, or until this incarnation stands down.
+// When the health check changes the state peers see, the heartbeat is a write
+// of self's record instead, tried again at each tick until it succeeds.
 func (w *RedisServiceWatcher) heartbeatLoop(run *running, t Timer) {
 	defer close(run.hbDone)
 	defer t.Stop()
+	unwritten := false // the state peers should see is not in Redis yet
 	for {
 		select {
 		case <-run.hbCtx.Done():
@@ -152,7 +177,13 @@ func (w *RedisServiceWatcher) heartbeatLoop(run *running, t Timer) {
 		case <-t.C():
 		}
 		began := w.b.Now()
-		if !w.heartbeat(run.hbCtx) {
+		if w.b.CheckHealth(run.hbCtx) || unwritten {
+			var ok bool
+			ok, unwritten = w.writeState(run.hbCtx)
+			if !ok {
+				return
+			}
+		} else if !w.heartbeat(run.hbCtx) {
 			return
 		}
 		// Keep the period, not period plus the call's duration.

@@ -273,6 +273,9 @@ func (w *RedisServiceWatcher) applyInOrder(table string, m protocol.Message, msg
 		}
 		return false // already in the view (a read overtook the message)
 	}
+	if ts.epoch == "" && ts.rev == 0 && m.Rev == 1 && m.Prev == "" {
+		ts.epoch = m.Epoch // the first change of a table that was empty when read
+	}
 	if m.Epoch != ts.epoch || m.Rev != ts.rev+1 || m.Prev != ts.tok {
 		ts.diverged = ts.diverged || (m.Epoch == ts.epoch && m.Rev == ts.rev+1)
 		ts.scheduleReload(soon, "", 0, "", true)

@@ -1,9 +1,10 @@
 package svcwatch
 
 // registry.go: the local dictionary of discovered instances, its diff against a
-// full read, and held removals. Called by the backend's goroutines through
-// Backend (writes) and by users through ServiceWatcher (reads); its lock is
-// never held while user code runs.
+// full read, held removals, and when each table's routing changed. Called by
+// the backend's goroutines through Backend (writes) and by users through
+// ServiceWatcher (reads, Pick); its lock is never held while user code runs.
+// The routing tables themselves are built by Pick (route.go).
 
 import (
 	"sort"
@@ -14,11 +15,28 @@ import (
 // registry is the local dictionary of what the watcher has discovered:
 // table -> id -> instance. Every change is handed to emit under the registry lock,
 // so events leave in the order the changes were applied.
+//
+// Instances stored here are never modified in place (an update replaces the
+// entry's Instance), so their Meta maps are never written after decoding; every
+// Instance handed out beyond the package is a clone.
 type registry struct {
 	mu     sync.RWMutex
 	tables map[string]map[string]*entry // a table is present once it is loaded
 	emit   func(key string, latest *Instance)
 	held   int // entries with heldUntil set, so that releaseHolds is free when none are
+	// routeGen counts the changes to who takes each table's keys (an
+	// instance that serves with a positive weight came, went, or changed its
+	// weight); routes holds the routing table built last, with the count it
+	// was built at. See route.go.
+	routeGen map[string]uint64
+	routes   map[string]builtRoute
+	buildMu  sync.Mutex // one routing table build at a time
+}
+
+// builtRoute is a routing table and the routeGen it was built at.
+type builtRoute struct {
+	rt  *routeTable
+	gen uint64
 }
 
 type entry struct {
@@ -30,7 +48,8 @@ type entry struct {
 }
 
 func newRegistry(emit func(string, *Instance)) *registry {
-	return &registry{tables: make(map[string]map[string]*entry), emit: emit}
+	return &registry{tables: make(map[string]map[string]*entry), emit: emit,
+		routeGen: make(map[string]uint64), routes: make(map[string]builtRoute)}
 }
 
 // replace makes insts the whole view of table. An instance that is missing from
@@ -90,6 +109,7 @@ func (r *registry) releaseHolds(now time.Time) {
 			if !e.heldUntil.IsZero() && !now.Before(e.heldUntil) {
 				r.held--
 				delete(view, id)
+				r.routingChanged(e.inst, Instance{})
 				r.emit(e.inst.Key(), nil)
 			}
 		}
@@ -100,6 +120,7 @@ func (r *registry) putLocked(view map[string]*entry, inst Instance) {
 	e := view[inst.ID]
 	if e == nil {
 		view[inst.ID] = &entry{inst: inst}
+		r.routingChanged(Instance{}, inst)
 		r.emit(inst.Key(), &inst)
 		return
 	}
@@ -110,8 +131,31 @@ func (r *registry) putLocked(view map[string]*entry, inst Instance) {
 	if e.inst.same(inst) {
 		return
 	}
+	r.routingChanged(e.inst, inst)
 	e.inst = inst
 	r.emit(inst.Key(), &inst)
+}
+
+// routingChanged counts a change of the table's routing if going from old to
+// cur (a zero Instance: absent) changes who takes keys or with what weight.
+func (r *registry) routingChanged(old, cur Instance) {
+	if routeWeight(old) == routeWeight(cur) {
+		return
+	}
+	if old.Table != "" {
+		r.routeGen[old.Table]++
+	} else {
+		r.routeGen[cur.Table]++
+	}
+}
+
+// routeWeight is the weight an instance takes keys with: 0 unless present,
+// Serving and of positive weight.
+func routeWeight(i Instance) int {
+	if i.ID == "" || i.State != Serving {
+		return 0
+	}
+	return i.Weight()
 }
 
 func (r *registry) removeLocked(view map[string]*entry, id string, e *entry, holdUntil time.Time) {
@@ -126,6 +170,7 @@ func (r *registry) removeLocked(view map[string]*entry, id string, e *entry, hol
 		r.held--
 	}
 	delete(view, id)
+	r.routingChanged(e.inst, Instance{})
 	r.emit(e.inst.Key(), nil)
 }
 
@@ -142,7 +187,7 @@ func (r *registry) list(table string) []Instance {
 	view := r.tables[table]
 	out := make([]Instance, 0, len(view))
 	for _, e := range view {
-		out = append(out, e.inst)
+		out = append(out, e.inst.clone())
 	}
 	r.mu.RUnlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
@@ -153,7 +198,7 @@ func (r *registry) lookup(table, id string) (Instance, bool) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	if e := r.tables[table][id]; e != nil {
-		return e.inst, true
+		return e.inst.clone(), true
 	}
 	return Instance{}, false
 }

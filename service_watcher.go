@@ -6,6 +6,7 @@ package svcwatch
 // are in backend.go.
 
 import (
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,9 +23,12 @@ type ServiceWatcher struct {
 	reg  *registry
 	disp *dispatcher
 
-	mu     sync.Mutex
-	self   Instance
-	tables []string // watched, in the order they were added
+	mu        sync.Mutex
+	self      Instance // self.State is the state peers see: wantState, or Unhealthy
+	wantState State    // the state the process set
+	unhealthy bool     // the latest health check failed or hung
+	tables    []string // watched, in the order they were added
+	health    healthRunner
 
 	fullLoads  atomic.Uint64
 	lastSync   atomic.Int64 // unix nanoseconds of the watcher's clock
@@ -54,7 +58,11 @@ func NewServiceWatcher(self Instance, opts ...Option) (*ServiceWatcher, *Backend
 		return nil, nil, err
 	}
 	self.Incarnation, self.RegisteredAt = "", time.Time{}
-	w := &ServiceWatcher{cfg: cfg, self: self}
+	self.Meta = maps.Clone(self.Meta)
+	if len(self.Meta) == 0 {
+		self.Meta = nil
+	}
+	w := &ServiceWatcher{cfg: cfg, self: self, wantState: self.State}
 	skip := ""
 	if !cfg.WatchOnly {
 		skip = self.Key()
@@ -68,11 +76,11 @@ func NewServiceWatcher(self Instance, opts ...Option) (*ServiceWatcher, *Backend
 }
 
 // Self returns this process's instance, with its current incarnation and
-// registration time (zero until registered).
+// registration time (zero until registered) and the State peers see.
 func (w *ServiceWatcher) Self() Instance {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.self
+	return w.self.clone()
 }
 
 // Services returns the instances of a watched table, sorted by ID, self included.
@@ -87,6 +95,21 @@ func (w *ServiceWatcher) Services(table string) []Instance {
 
 // Lookup returns the instance id of a watched table.
 func (w *ServiceWatcher) Lookup(table, id string) (Instance, bool) { return w.reg.lookup(table, id) }
+
+// Pick returns the instance of a watched table that owns key: one of the
+// Serving instances with a positive weight, chosen by weighted consistent
+// hashing of key over their IDs (the algorithm is specified in the README, so
+// every process and every language picks the same one). A key keeps its owner
+// while the owner serves; when the owner drains or leaves, only its keys move.
+// It reports false when the table is not watched or nobody serves. Pick takes
+// no lock that event delivery holds and does not allocate beyond copying Meta.
+func (w *ServiceWatcher) Pick(table, key string) (Instance, bool) { return w.reg.pick(table, key) }
+
+// PickN returns up to n distinct serving instances for key: the owner first,
+// then the fallbacks a retry should try, in the same order in every process.
+func (w *ServiceWatcher) PickN(table, key string, n int) []Instance {
+	return w.reg.pickN(table, key, n)
+}
 
 // Tables returns the watched tables, in the order they were added.
 func (w *ServiceWatcher) Tables() []string {
@@ -105,6 +128,7 @@ func (w *ServiceWatcher) Stats() Stats {
 		Reregistrations: w.rereg.Load(),
 		FullLoads:       w.fullLoads.Load(),
 		Events:          w.disp.events.Load(),
+		State:           w.Self().State,
 	}
 	if ns := w.lastSync.Load(); ns != 0 {
 		s.LastSync = time.Unix(0, ns)
@@ -139,4 +163,32 @@ func (w *ServiceWatcher) setSelf(f func(*Instance)) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	f(&w.self)
+}
+
+// setWantState records the state the process set; self shows it unless the
+// health check fails.
+func (w *ServiceWatcher) setWantState(s State) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.wantState = s
+	w.self.State = w.effectiveState()
+}
+
+// setUnhealthy records the health check's verdict; it reports whether the
+// state peers see changed.
+func (w *ServiceWatcher) setUnhealthy(bad bool) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.unhealthy = bad
+	prev := w.self.State
+	w.self.State = w.effectiveState()
+	return prev != w.self.State
+}
+
+// effectiveState is the state peers should see. Caller holds mu.
+func (w *ServiceWatcher) effectiveState() State {
+	if w.unhealthy {
+		return Unhealthy
+	}
+	return w.wantState
 }

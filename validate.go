@@ -7,6 +7,8 @@ package svcwatch
 import (
 	"fmt"
 	"reflect"
+	"strconv"
+	"strings"
 	"unicode"
 	"unicode/utf8"
 
@@ -60,7 +62,13 @@ func checkSelf(self Instance, watchOnly bool, maxDesc int) error {
 	if err := checkName("name", self.Name, maxNameLen, true); err != nil {
 		return err
 	}
-	return checkDesc(self.Desc, maxDesc)
+	if err := checkState(self.State); err != nil {
+		return err
+	}
+	if err := checkDesc(self.Desc, maxDesc); err != nil {
+		return err
+	}
+	return checkMeta(self.Meta, self.Desc, maxDesc)
 }
 
 func checkDesc(desc string, max int) error {
@@ -85,6 +93,49 @@ func checkClient(client redis.UniversalClient) error {
 	}
 	if _, ok := client.(*redis.Ring); ok {
 		return fmt.Errorf("%w: *redis.Ring is not supported: its pub/sub routes every channel by the first one; use a Client, a FailoverClient or a ClusterClient", ErrInvalid)
+	}
+	return nil
+}
+
+// maxMetaKeys bounds the attributes of one instance.
+const maxMetaKeys = 64
+
+// checkMeta checks Meta as SetMeta takes it: at most 64 keys, each non-empty,
+// printable UTF-8 without control characters or white space, values valid
+// UTF-8, a "weight" that is a non-negative integer, and Desc and Meta together
+// within the size limit.
+func checkMeta(meta map[string]string, desc string, max int) error {
+	if len(meta) > maxMetaKeys {
+		return fmt.Errorf("%w: meta has %d keys, over the limit of %d", ErrInvalid, len(meta), maxMetaKeys)
+	}
+	size := len(desc)
+	for k, v := range meta {
+		size += len(k) + len(v)
+		if k == "" {
+			return fmt.Errorf("%w: meta has an empty key", ErrInvalid)
+		}
+		if !utf8.ValidString(k) || strings.IndexFunc(k, func(r rune) bool { return unicode.IsControl(r) || unicode.IsSpace(r) }) >= 0 {
+			return fmt.Errorf("%w: meta key %q is not printable", ErrInvalid, k)
+		}
+		if !utf8.ValidString(v) {
+			return fmt.Errorf("%w: meta value of %q is not valid UTF-8", ErrInvalid, k)
+		}
+	}
+	if w, ok := meta["weight"]; ok {
+		if n, err := strconv.Atoi(w); err != nil || n < 0 || strings.TrimSpace(w) != w || (len(w) > 1 && w[0] == '+') {
+			return fmt.Errorf("%w: meta weight %q is not a non-negative integer", ErrInvalid, w)
+		}
+	}
+	if size > max {
+		return fmt.Errorf("%w: desc and meta are %d bytes, over the limit of %d", ErrInvalid, size, max)
+	}
+	return nil
+}
+
+// checkState refuses a State that is none of Serving, Draining, Unhealthy.
+func checkState(s State) error {
+	if s > Unhealthy {
+		return fmt.Errorf("%w: unknown state %d", ErrInvalid, s)
 	}
 	return nil
 }

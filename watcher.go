@@ -187,6 +187,17 @@ type Watcher interface {
 	Self() Instance
 	// SetDesc changes this process's Desc; peers get OnUpdate.
 	SetDesc(ctx context.Context, desc string) error
+	// SetMeta replaces this process's Meta; peers get OnUpdate.
+	SetMeta(ctx context.Context, meta map[string]string) error
+	// SetState sets this process's State; peers get OnUpdate.
+	SetState(ctx context.Context, s State) error
+	// Drain sets Draining, waits for wait (nil: none), then stops. If wait
+	// fails, the process stays registered and draining, and Drain returns the error.
+	Drain(ctx context.Context, wait func(context.Context) error) error
+	// Pick returns the serving instance of table that owns key.
+	Pick(table, key string) (Instance, bool)
+	// PickN returns up to n distinct serving instances for key, the owner first.
+	PickN(table, key string, n int) []Instance
 	// Watch adds a table to watch. When it returns nil the table is loaded and OnAdd
 	// has been delivered for each of its peers (unless Watch is called from a
 	// handler: then those events follow as soon as the handler returns).
@@ -209,6 +220,7 @@ type Stats struct {
 	FullLoads       uint64    // full reads of a table
 	Events          uint64    // handler calls made
 	LastSync        time.Time // when the view was last confirmed current (local clock)
+	State           State     // the state peers see for this process (Unhealthy while its health check fails)
 }
 
 // same reports whether a and b are equal, Meta compared by content.

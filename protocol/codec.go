@@ -17,8 +17,29 @@ type Record struct {
 	Ver  string `json:"ver"`  // record version: a token its owner makes per write
 	Name string `json:"name"` // the address peers dial
 	Desc string `json:"desc"` // the process's own description
-	Reg  int64  `json:"reg"`  // registered at, Redis server ms
-	TTL  int64  `json:"ttl"`  // this record's TTL, ms
+	// Meta: small attributes (weight, zone ...); absent when none.
+	Meta map[string]string `json:"meta,omitempty"`
+	// State: "draining" or "unhealthy"; absent means serving.
+	State string `json:"state,omitempty"`
+	Reg   int64  `json:"reg"` // registered at, Redis server ms
+	TTL   int64  `json:"ttl"` // this record's TTL, ms
+}
+
+// The states a record carries (StateServing is written as no state at all).
+const (
+	StateServing   = "serving"
+	StateDraining  = "draining"
+	StateUnhealthy = "unhealthy"
+)
+
+// EncodeMeta returns meta as the JSON object the scripts embed in a record
+// ("" when empty).
+func EncodeMeta(meta map[string]string) string {
+	if len(meta) == 0 {
+		return ""
+	}
+	s, _ := jsonCodec.MarshalToString(meta) // strings always encode; keys sorted
+	return s
 }
 
 // Message is one message on a table's channel.

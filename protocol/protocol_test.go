@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -36,12 +37,13 @@ func TestTableKeys(t *testing.T) {
 }
 
 func TestRecordAndMessageRoundTrip(t *testing.T) {
-	r := Record{Inc: "0a1b", Name: "10.0.0.1:7000", Desc: `{"zone":"eu/1"}`, Reg: 1795664680550, TTL: 10000}
+	r := Record{Inc: "0a1b", Ver: "v1", Name: "10.0.0.1:7000", Desc: `{"zone":"eu/1"}`, Reg: 1795664680550, TTL: 10000,
+		Meta: map[string]string{"weight": "2", "zone": "eu"}, State: StateDraining}
 	raw := r.Encode()
 	if !strings.HasPrefix(raw, `{"inc":"0a1b",`) {
 		t.Errorf("the incarnation must come first (the heartbeat checks that prefix): %s", raw)
 	}
-	if got, err := DecodeRecord(raw); err != nil || got != r {
+	if got, err := DecodeRecord(raw); err != nil || !reflect.DeepEqual(got, r) {
 		t.Errorf("DecodeRecord(Encode) = %+v, %v", got, err)
 	}
 	if _, err := DecodeRecord(`{"name":"h:1"}`); !errors.Is(err, ErrBadData) {

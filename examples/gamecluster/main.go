@@ -1,10 +1,15 @@
-// Command gamecluster runs a small game cluster in one program: a gate, two game
+// Command gamecluster runs a small game cluster in one program: a gate, three game
 // servers and a chat server, each with its own TCP listener, its own svcwatch
 // watcher and its own svcwatch.ConnManager. They find each other through Redis
 // and connect as their kinds require (the gate dials every game server, each game
 // server dials chat), exchanging a one-line hello on every connection. Then one
 // game server is killed without deregistering, the gate drops it after its TTL,
 // and it comes back with the same ID and address and is reconnected.
+//
+// Then players join: the gate places each on the game server that
+// Pick(game table, player ID) names. One game server drains (Drain): Pick stops
+// giving it players while the gate keeps its connection, its players finish and
+// leave, and Drain's Stop deregisters it.
 //
 //	go run ./examples/gamecluster                  # in-process miniredis, nothing to install
 //	go run ./examples/gamecluster -redis host:port # a real Redis
@@ -21,6 +26,8 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+
+	"github.com/svcwatch/svcwatch"
 )
 
 func main() {
@@ -54,6 +61,8 @@ func run(ctx context.Context, redisAddr string, out io.Writer) (err error) {
 		pr.story("Redis at %s", redisAddr)
 	}
 	pr.story("TTL %v, keepalive %v; mesh: gate -> game, game -> chat (one connection per pair)", ttl, keepalive)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends a drain still waiting (see 5)
 
 	// Whatever happens, every process still running is stopped before run returns.
 	running := map[string]*process{}
@@ -86,16 +95,21 @@ func run(ctx context.Context, redisAddr string, out io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
+	game3, err := start(game, "game-3", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
 	gate1, err := start(gate, "gate-1", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
 	if err := waitFor(ctx, "the mesh", func() bool {
-		return linked(gate1, game1) && linked(gate1, game2) && linked(game1, chat1) && linked(game2, chat1)
+		return linked(gate1, game1) && linked(gate1, game2) && linked(gate1, game3) &&
+			linked(game1, chat1) && linked(game2, chat1) && linked(game3, chat1)
 	}); err != nil {
 		return err
 	}
-	pr.story("mesh complete: gate-1 -> game-1, game-2; game-1, game-2 -> chat-1")
+	pr.story("mesh complete: gate-1 -> game-1, game-2, game-3; game-1, game-2, game-3 -> chat-1")
 
 	// 2. Kill game-2: its sockets close, and it neither heartbeats nor deregisters.
 	//    Its connections break at once, but its record stays in Redis until the TTL
@@ -129,7 +143,69 @@ func run(ctx context.Context, redisAddr string, out io.Writer) (err error) {
 	}
 	pr.story("game-2 is back: gate-1 -> game-2 and game-2 -> chat-1 reconnected")
 
-	// 4. Stop everyone cleanly: each deregisters, closes its connections and its
+	// 4. Players join. The gate places each on the game server that
+	//    Pick(game table, player ID) names (consistent hashing over the Serving
+	//    game servers: every gate would choose the same) and tells it over its
+	//    connection.
+	games := map[string]*process{"game-1": game1, "game-2": game2, "game-3": game3}
+	join := func(first, last int) error {
+		for i := first; i <= last; i++ {
+			player := fmt.Sprintf("player-%d", i)
+			id, err := gate1.place(player)
+			if err != nil {
+				return err
+			}
+			if err := waitFor(ctx, player+" on "+id, func() bool { return games[id].hosts(player) }); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	pr.story("6 players join; gate-1 places each with Pick(%q, player ID)", table(game))
+	if err := join(1, 6); err != nil {
+		return err
+	}
+	pr.story("players: game-1 %v, game-2 %v, game-3 %v", game1.playerIDs(), game2.playerIDs(), game3.playerIDs())
+
+	// 5. Drain game-3: Drain sets it Draining, so that its peers see it and Pick
+	//    skips it, while the gate keeps its connection to it (its players are
+	//    still playing). New players go to the serving servers. Drain's wait
+	//    returns once game-3's players have left, then Drain stops its watcher,
+	//    which deregisters it: its peers drop it at once.
+	pr.story("draining game-3: Drain sets it draining, waits for its players to leave, then stops its watcher")
+	drained := make(chan error, 1)
+	go func() {
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second) // players that never leave fail the story
+		defer cancel()
+		drained <- game3.drain(dctx)
+	}()
+	err = waitFor(ctx, "gate-1 to see game-3 draining", func() bool { return gate1.sees("game-3", svcwatch.Draining) })
+	if err == nil {
+		pr.story("3 more players join during the drain")
+		err = join(7, 9)
+	}
+	if err != nil {
+		cancel() // the drain's wait gives up; game-3 is stopped with the others
+		<-drained
+		return err
+	}
+	if err = <-drained; err != nil { // the drain's wait ends with its own deadline at the latest
+		return fmt.Errorf("drain game-3: %w", err)
+	}
+	pr.story("game-3 drained: its players left, and Drain's Stop deregistered it")
+	if err := waitFor(ctx, "the removal of game-3", func() bool {
+		return !gate1.knows("game-3") && !game1.knows("game-3") && !game2.knows("game-3") && !chat1.knows("game-3")
+	}); err != nil {
+		return err
+	}
+	pr.story("game-3 is gone from every peer; closing its connections and listener")
+	delete(running, "game-3")
+	if err := game3.stop(ctx); err != nil {
+		return fmt.Errorf("stop game-3: %w", err)
+	}
+	pr.line("game-3", "stopped: drained and deregistered, connections and listener closed")
+
+	// 6. Stop everyone cleanly: each deregisters, closes its connections and its
 	//    listener. (The peers' events during the shutdown are not printed.)
 	pr.story("shutting down")
 	pr.mute()

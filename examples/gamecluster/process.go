@@ -67,12 +67,20 @@ type process struct {
 	conns   *svcwatch.ConnManager[*peerConn] // outgoing connections
 
 	mu       sync.Mutex
-	stopping bool                  // the listener is closing: no more incoming connections
-	incoming map[net.Conn]struct{} // open incoming connections
-	accepted map[string]bool       // peer IDs with an open incoming connection
-	dialed   map[string]bool       // peer IDs with an open outgoing connection
-	known    map[string]bool       // peer IDs the watcher reported and did not remove
-	wg       sync.WaitGroup        // the accept loop and one goroutine per incoming connection
+	stopping bool                      // the listener is closing: no more incoming connections
+	incoming map[net.Conn]struct{}     // open incoming connections
+	accepted map[string]bool           // peer IDs with an open incoming connection
+	dialed   map[string]bool           // peer IDs with an open outgoing connection
+	known    map[string]svcwatch.State // peer IDs the watcher reported and did not remove, with the state it reported
+	wg       sync.WaitGroup            // the accept loop and one goroutine per incoming connection
+
+	// Players (routing.go), on a game server: the players it hosts, each with
+	// the connection of the gate that placed it.
+	players  map[string]net.Conn
+	changed  chan struct{} // closed and replaced whenever players changes
+	quit     chan struct{} // closed by stop and kill: simulated players stop
+	quitOnce sync.Once
+	sim      sync.WaitGroup // the simulated players' goroutine
 }
 
 // startProcess listens on addr ("127.0.0.1:0" for any port), registers the
@@ -84,7 +92,10 @@ func startProcess(ctx context.Context, pr *printer, redisAddr, kind, id, addr st
 		incoming: map[net.Conn]struct{}{},
 		accepted: map[string]bool{},
 		dialed:   map[string]bool{},
-		known:    map[string]bool{},
+		known:    map[string]svcwatch.State{},
+		players:  map[string]net.Conn{},
+		changed:  make(chan struct{}),
+		quit:     make(chan struct{}),
 	}
 	ln, err := listen(ctx, addr)
 	if err != nil {
@@ -155,17 +166,31 @@ func (p *process) say(format string, args ...any) {
 // --- discovery events (one goroutine per watcher calls these, in order) ---
 
 func (p *process) onAdd(peer svcwatch.Instance) {
-	p.say("sees %s up at %s (incarnation %.6s)", peer.ID, peer.Name, peer.Incarnation)
-	p.set(p.known, peer.ID, true)
+	state := "" // the usual case, Serving, goes without saying
+	if peer.State != svcwatch.Serving {
+		state = ", " + peer.State.String()
+	}
+	p.say("sees %s up at %s (incarnation %.6s%s)", peer.ID, peer.Name, peer.Incarnation, state)
+	p.setKnown(peer.ID, peer.State, true)
 }
 
-func (p *process) onUpdate(_, cur svcwatch.Instance) {
-	p.say("sees %s updated: %s", cur.ID, cur.Desc)
+func (p *process) onUpdate(old, cur svcwatch.Instance) {
+	if old.State == cur.State {
+		p.say("sees %s updated: %s", cur.ID, cur.Desc)
+		return
+	}
+	p.say("sees %s %s (was %s)", cur.ID, cur.State, old.State)
+	p.setKnown(cur.ID, cur.State, true)
+	// The ConnManager (the next handler) keeps the connection: only a new Name
+	// or incarnation makes it redial. Pick no longer gives the peer new keys.
+	if _, ok := p.conns.Get(cur.Key()); ok && cur.State != svcwatch.Serving {
+		p.say("keeps its connection to %s open; Pick gives it no new players", cur.ID)
+	}
 }
 
 func (p *process) onRemove(peer svcwatch.Instance) {
 	p.say("sees %s gone (removed; incarnation %.6s)", peer.ID, peer.Incarnation)
-	p.set(p.known, peer.ID, false)
+	p.setKnown(peer.ID, 0, false)
 }
 
 // --- outgoing connections, managed by the ConnManager ---
@@ -207,6 +232,7 @@ func (p *process) onDisconnect(peer svcwatch.Instance, err error) {
 }
 
 // peerConn is an outgoing connection, the ConnManager's C. Its reader goroutine
+// reads the peer's messages (a game server's "done player-N", routing.go),
 // notices when the peer hangs up and tells the manager (Invalidate), which closes
 // the connection and redials while the peer is registered. Close closes the socket
 // and waits for the reader.
@@ -221,8 +247,7 @@ func (p *process) newPeerConn(c net.Conn, r *bufio.Reader, peer svcwatch.Instanc
 	pc := &peerConn{Conn: c, hello: hello, done: make(chan struct{})}
 	go func() {
 		defer close(pc.done)
-		// This demo sends nothing after the hellos; a real protocol reads its messages here.
-		_, err := io.Copy(io.Discard, r)
+		err := p.readFromGame(c, r, peer.ID) // until the peer hangs up or we close
 		if pc.closing.Load() {
 			return // closed by the manager: removal, shutdown or Invalidate
 		}
@@ -297,7 +322,7 @@ func (p *process) serveIncoming(c net.Conn) {
 	}
 	p.say("accepted %s, it said %q", peerID, "hello from "+peerID)
 	p.set(p.accepted, peerID, true)
-	_, err = io.Copy(io.Discard, r) // until the peer hangs up or we close
+	err = p.readFromGate(c, r) // until the peer hangs up or we close
 	p.set(p.accepted, peerID, false)
 	if !p.isStopping() {
 		if err == nil {
@@ -378,6 +403,7 @@ func readHello(r *bufio.Reader) (string, error) {
 // stop shuts the process down cleanly: it deregisters (peers hear at once), closes
 // its outgoing connections, then its listener and incoming connections.
 func (p *process) stop(ctx context.Context) error {
+	p.stopPlayers()
 	err := p.watcher.Stop(ctx)
 	err = errors.Join(err, p.conns.Close())
 	p.closeListener()
@@ -391,6 +417,7 @@ func (p *process) stop(ctx context.Context) error {
 // error Stop met, which must be the closed client.
 func (p *process) kill(ctx context.Context) error {
 	p.dead.Store(true)
+	p.stopPlayers()
 	p.closeListener()
 	_ = p.conns.Close()
 	_ = p.client.Close() // no heartbeat, no deregistration from now on
@@ -427,8 +454,31 @@ func (p *process) has(m map[string]bool, id string) bool {
 // linked reports whether a has a connection open to b, and b has accepted it.
 func linked(a, b *process) bool { return a.has(a.dialed, b.id) && b.has(b.accepted, a.id) }
 
+func (p *process) setKnown(id string, s svcwatch.State, v bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if v {
+		p.known[id] = s
+	} else {
+		delete(p.known, id)
+	}
+}
+
 // knows reports whether p's watcher reported peer id and did not remove it.
-func (p *process) knows(id string) bool { return p.has(p.known, id) }
+func (p *process) knows(id string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.known[id]
+	return ok
+}
+
+// sees reports whether p's watcher reported peer id in state s.
+func (p *process) sees(id string, s svcwatch.State) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	got, ok := p.known[id]
+	return ok && got == s
+}
 
 // listen listens on addr; a fixed port just released may take a moment to free.
 func listen(ctx context.Context, addr string) (net.Listener, error) {

@@ -104,10 +104,18 @@ end
 
 -- record builds the stored JSON. The incarnation comes first and the record's
 -- version second, so that the heartbeat checks both with a prefix compare
--- instead of decoding the record.
-local function record(inc, ver, name, desc, reg, ttl)
-  return '{"inc":' .. cjson.encode(inc) .. ',"ver":' .. cjson.encode(ver) .. ',"name":' .. cjson.encode(name) ..
-    ',"desc":' .. cjson.encode(desc) .. ',"reg":' .. reg .. ',"ttl":' .. ttl .. '}'
+-- instead of decoding the record. meta is a JSON object of strings as the
+-- caller encoded it ('' or anything that is not a JSON object: none); state is
+-- 'draining' or 'unhealthy' ('' or 'serving': none, serving).
+local function record(inc, ver, name, desc, meta, state, reg, ttl)
+  local r = '{"inc":' .. cjson.encode(inc) .. ',"ver":' .. cjson.encode(ver) .. ',"name":' .. cjson.encode(name) ..
+    ',"desc":' .. cjson.encode(desc)
+  if meta and meta ~= '' and meta ~= '{}' then
+    local ok, m = pcall(cjson.decode, meta)
+    if ok and type(m) == 'table' and string.sub(meta, 1, 1) == '{' then r = r .. ',"meta":' .. meta end
+  end
+  if state and state ~= '' and state ~= 'serving' then r = r .. ',"state":' .. cjson.encode(state) end
+  return r .. ',"reg":' .. reg .. ',"ttl":' .. ttl .. '}'
 end
 
 local function owns(rec, inc)

@@ -1,10 +1,11 @@
 -- ARGV: 5 id, 6 incarnation, 7 name, 8 desc, 9 ttl ms, 10 replace same name (1/0),
 --       11 registered-at ms of this incarnation if it registered before (else 0),
 --       so that registering again after Redis lost the entry changes nothing peers see,
---       12 record version (a token the caller makes per write; its heartbeat names it)
+--       12 record version (a token the caller makes per write; its heartbeat names it),
+--       13 meta (a JSON object of strings, or ''), 14 state ('serving', 'draining', 'unhealthy')
 -- Returns {'ok', registered-at ms} or {'dup', holder's name}.
 local id, inc, name, desc, ttl, replace = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10] == '1'
-local ver = ARGV[12]
+local ver, meta, state = ARGV[12], ARGV[13], ARGV[14]
 local old = redis.call('HGET', kInst, id)
 local reg, op = now, 'add'
 if tonumber(ARGV[11]) > 0 then reg = tonumber(ARGV[11]) end
@@ -24,7 +25,7 @@ if old then
     publish('expired', id)
   end
 end
-local rec = record(inc, ver, name, desc, reg, ttl)
+local rec = record(inc, ver, name, desc, meta, state, reg, ttl)
 redis.call('HSET', kInst, id, rec)
 redis.call('ZADD', kExp, now + ttl, id)
 if rec ~= old then publish(op, id, rec) end

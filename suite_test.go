@@ -293,6 +293,19 @@ func TestRestartSameIDReplacesOldIncarnation(t *testing.T) {
 		if err := old.w.SetDesc(context.Background(), "x"); !errors.Is(err, ErrReplaced) {
 			t.Errorf("SetDesc of the replaced incarnation = %v", err)
 		}
+		if err := old.w.SetMeta(context.Background(), map[string]string{"zone": "x"}); !errors.Is(err, ErrReplaced) {
+			t.Errorf("SetMeta of the replaced incarnation = %v", err)
+		}
+		if err := old.w.SetState(context.Background(), Draining); !errors.Is(err, ErrReplaced) {
+			t.Errorf("SetState of the replaced incarnation = %v", err)
+		}
+		stopNode(t, old.w)
+		if err := old.w.SetState(context.Background(), Serving); !errors.Is(err, ErrStopped) {
+			t.Errorf("SetState after Stop = %v", err)
+		}
+		if err := old.w.SetMeta(context.Background(), nil); !errors.Is(err, ErrStopped) {
+			t.Errorf("SetMeta after Stop = %v", err)
+		}
 	})
 }
 

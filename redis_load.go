@@ -95,6 +95,7 @@ func (w *RedisServiceWatcher) applyLoad(ts *tableSync, epoch string, rev int64, 
 	if !ts.loaded {
 		ts.loaded = true
 		close(ts.loadedCh)
+		w.applyEarly(ts)
 	}
 	return !hold.IsZero(), newEpoch
 }

@@ -42,6 +42,10 @@ type tableSync struct {
 	// counts the scans in a row that found it moved forward without one.
 	heard       bool
 	silentMoves int
+	// early holds the messages that came before the first load finished;
+	// earlyLost says some did not fit.
+	early     []early
+	earlyLost bool
 	// holdExpiredUntil: after a new epoch, expiry removals are held back until then.
 	holdExpiredUntil time.Time
 	// reloadAt: when a pending reload is due (zero: none); it is skipped if the
@@ -243,20 +247,62 @@ func (w *RedisServiceWatcher) applyMessage(table, payload string) {
 	if err == nil && (m.Op == protocol.OpAdd || m.Op == protocol.OpUpdate) {
 		inst, recErr = decodeRecord(table, m.ID, m.Rec, w.conf.MaxDescSize)
 	}
-	if w.applyInOrder(table, m, err, inst, recErr) && recErr != nil {
+	if w.applyInOrder(table, early{m, err, inst, recErr}) && recErr != nil {
 		w.logBadOnce(table, m.ID, recErr)
 	}
 }
 
-// applyInOrder is applyMessage's part under mu; it reports whether m was next
-// in order (and so applied, or skipped as unreadable when recErr is set).
-func (w *RedisServiceWatcher) applyInOrder(table string, m protocol.Message, msgErr error, inst Instance, recErr error) bool {
+// early is a decoded change message, kept while its table's first load is
+// under way.
+type early struct {
+	m      protocol.Message
+	msgErr error
+	inst   Instance
+	recErr error
+}
+
+// earlyMax bounds the messages kept for a table whose first load is under way;
+// beyond it, the table is read again once loaded.
+const earlyMax = 1024
+
+// applyInOrder is applyMessage's part under mu; it reports whether the message
+// was next in order (and so applied, or skipped as unreadable when recErr is
+// set). A message that arrives before the table's first load is kept and
+// applied after it (applyEarly), so that a change made while the table was
+// being read is not missed until the next read.
+func (w *RedisServiceWatcher) applyInOrder(table string, e early) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	ts := w.syncs[table]
-	if ts == nil || !ts.loaded {
-		return false // its load is coming
+	switch {
+	case ts == nil:
+		return false
+	case !ts.loaded:
+		if len(ts.early) < earlyMax {
+			ts.early = append(ts.early, e)
+		} else {
+			ts.earlyLost = true
+		}
+		return false
 	}
+	return w.applyLocked(ts, e)
+}
+
+// applyEarly applies the messages kept while the first load was under way
+// (those the load already holds are skipped as old). Caller holds mu.
+func (w *RedisServiceWatcher) applyEarly(ts *tableSync) {
+	for _, e := range ts.early {
+		w.applyLocked(ts, e)
+	}
+	if ts.earlyLost {
+		ts.scheduleReload(w.b.Now(), "", 0, "", true)
+	}
+	ts.early, ts.earlyLost = nil, false
+}
+
+// applyLocked applies one message to a loaded table. Caller holds mu.
+func (w *RedisServiceWatcher) applyLocked(ts *tableSync, e early) bool {
+	table, m, msgErr, inst, recErr := ts.table, e.m, e.msgErr, e.inst, e.recErr
 	ts.heard = true
 	now := w.b.Now()
 	// Reloads that messages ask for come at most every reloadGap, so that a

@@ -32,6 +32,7 @@ type benchOpts struct {
 	pollEvery  time.Duration
 	pollRounds int
 	cpuprofile string
+	storm      stormOpts
 }
 
 func benchCommand() *command {
@@ -39,16 +40,17 @@ func benchCommand() *command {
 	return &command{
 		name:    "bench",
 		args:    "[flags]",
-		summary: "measure event latency at N watchers, crash detection and idle cost against a PUBLISH floor and polling",
+		summary: "measure event latency at N watchers, crash detection and idle cost against a PUBLISH floor and polling; -storm N: N processes in a full mesh through an empty restart of a redis-server of its own",
 		setFlags: func(fs *flag.FlagSet) {
 			fs.IntVar(&o.watchers, "watchers", 50, "watch-only watchers (`N`), each on a client of its own")
 			fs.IntVar(&o.rounds, "rounds", 20, "register/stop rounds, crashes and floor publishes")
-			fs.DurationVar(&o.ttl, "ttl", 2*time.Second, "TTL of the bench's processes and watchers (keepalive TTL/5, scan 2/5 TTL)")
+			fs.DurationVar(&o.ttl, "ttl", 2*time.Second, "TTL of the bench's processes and watchers (keepalive TTL/5, scan 2/5 TTL); -storm uses the library's defaults unless -ttl is given")
 			fs.DurationVar(&o.idle, "idle", 10*time.Second, "idle window over which the cost of idle processes is counted")
 			fs.IntVar(&o.procs, "procs", 10, "idle processes (`K`, library default settings) in the idle window")
 			fs.DurationVar(&o.pollEvery, "poll-every", svcwatch.DefaultScanEvery, "poll interval of the HGETALL baseline (the original design's 4 s)")
 			fs.IntVar(&o.pollRounds, "poll-rounds", 3, "adds measured against the polling baseline")
 			fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of this process to `file`")
+			o.storm.register(fs)
 		},
 		run: func(ctx context.Context, g *globalOpts, fs *flag.FlagSet, out, errOut io.Writer) error {
 			return runBench(ctx, g, o, fs, out, errOut)
@@ -57,6 +59,19 @@ func benchCommand() *command {
 }
 
 func runBench(ctx context.Context, g *globalOpts, o *benchOpts, fs *flag.FlagSet, out, errOut io.Writer) error {
+	// The progress lines and the watchers' logs share errOut from several
+	// goroutines; a writer that is not an *os.File needs the lock.
+	errOut = &lockedWriter{w: errOut}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if o.storm.n != 0 {
+		return runStorm(ctx, g, o, set, fs, out, errOut)
+	}
+	for _, f := range stormOnlyFlags {
+		if set[f] {
+			return usagef("-%s needs -storm N", f)
+		}
+	}
 	switch {
 	case fs.NArg() > 0:
 		return usagef("takes no arguments")
@@ -65,17 +80,11 @@ func runBench(ctx context.Context, g *globalOpts, o *benchOpts, fs *flag.FlagSet
 	case o.ttl < 50*time.Millisecond || o.idle < 0 || o.pollEvery <= 0:
 		return usagef("-ttl must be at least 50ms, -idle not negative, -poll-every positive")
 	}
-	if o.cpuprofile != "" {
-		f, err := os.Create(o.cpuprofile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	stopProfile, err := startCPUProfile(o.cpuprofile)
+	if err != nil {
+		return err
 	}
+	defer stopProfile()
 
 	b := &bench{o: o, g: g, rep: &benchReport{}, prog: &progress{w: errOut, tty: isTerminal(errOut)}}
 	b.log = slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -109,7 +118,7 @@ func runBench(ctx context.Context, g *globalOpts, o *benchOpts, fs *flag.FlagSet
 	// own since ctx may be over.
 	defer b.cleanup(errOut)
 
-	err := b.run(ctx)
+	err = b.run(ctx)
 	b.prog.done()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -122,6 +131,38 @@ func runBench(ctx context.Context, g *globalOpts, o *benchOpts, fs *flag.FlagSet
 	}
 	b.rep.print(out)
 	return nil
+}
+
+// lockedWriter serialises writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// startCPUProfile starts a CPU profile to path, if any; the returned func
+// stops it.
+func startCPUProfile(path string) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 // bench is one run.

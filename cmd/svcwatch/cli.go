@@ -20,7 +20,7 @@ type command struct {
 }
 
 func commands() []*command {
-	return []*command{tablesCommand(), lsCommand(), watchCommand(), benchCommand()}
+	return []*command{tablesCommand(), lsCommand(), watchCommand(), pickCommand(), benchCommand()}
 }
 
 // usageError is bad usage: exit status 2, with the usage on stderr.
@@ -127,6 +127,9 @@ func commandUsage(w io.Writer, c *command, fs *flag.FlagSet) {
 // isTerminal reports whether w is a terminal, where progress lines may be
 // redrawn in place.
 func isTerminal(w io.Writer) bool {
+	if l, ok := w.(*lockedWriter); ok {
+		w = l.w
+	}
 	f, ok := w.(*os.File)
 	if !ok {
 		return false

@@ -26,9 +26,9 @@ func lsCommand() *command {
 	return &command{
 		name:    "ls",
 		args:    "[-wide] TABLE",
-		summary: "list the instances of a table: id, name, age, time to expiry, incarnation, desc",
+		summary: "list the instances of a table: id, name, state, age, time to expiry, incarnation, meta, desc",
 		setFlags: func(fs *flag.FlagSet) {
-			fs.BoolVar(&wide, "wide", false, "print the whole desc instead of its first 40 characters")
+			fs.BoolVar(&wide, "wide", false, "print the whole meta and desc instead of their first 40 characters")
 		},
 		run: func(ctx context.Context, g *globalOpts, fs *flag.FlagSet, out, _ io.Writer) error {
 			return runLs(ctx, g, fs, out, wide)
@@ -39,14 +39,20 @@ func lsCommand() *command {
 // lsRow is one instance as `svcwatch ls` shows it. Durations are in
 // milliseconds of Redis server time.
 type lsRow struct {
-	Table        string `json:"table"`
-	ID           string `json:"id"`
-	Name         string `json:"name,omitempty"`
-	Incarnation  string `json:"incarnation,omitempty"`
-	Desc         string `json:"desc,omitempty"`
-	RegisteredAt string `json:"registered_at,omitempty"` // RFC 3339, server clock
-	AgeMS        *int64 `json:"age_ms,omitempty"`
-	TTLMS        int64  `json:"ttl_ms,omitempty"`
+	Table       string `json:"table"`
+	ID          string `json:"id"`
+	Name        string `json:"name,omitempty"`
+	Incarnation string `json:"incarnation,omitempty"`
+	Desc        string `json:"desc,omitempty"`
+	// State is the record's state: "serving" when it has none, else as
+	// stored ("draining", "unhealthy"; a state this version does not know is
+	// shown as it is, and the library treats it as unhealthy). Absent when
+	// the record is unreadable.
+	State        string            `json:"state,omitempty"`
+	Meta         map[string]string `json:"meta,omitempty"`
+	RegisteredAt string            `json:"registered_at,omitempty"` // RFC 3339, server clock
+	AgeMS        *int64            `json:"age_ms,omitempty"`
+	TTLMS        int64             `json:"ttl_ms,omitempty"`
 	// ExpiresInMS is the time left before the deadline; negative when the
 	// deadline passed and no script has reaped the entry yet; absent without
 	// a deadline.
@@ -91,7 +97,7 @@ func runLs(ctx context.Context, g *globalOpts, fs *flag.FlagSet, out io.Writer, 
 		return writeJSON(out, rows)
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tAGE\tEXPIRES\tINCARNATION\tDESC")
+	fmt.Fprintln(tw, "ID\tNAME\tSTATE\tAGE\tEXPIRES\tINCARNATION\tMETA\tDESC")
 	for _, r := range rows {
 		age, expires := "-", "-"
 		if r.AgeMS != nil {
@@ -104,14 +110,15 @@ func runLs(ctx context.Context, g *globalOpts, fs *flag.FlagSet, out io.Writer, 
 				expires = "overdue " + humanDuration(-d)
 			}
 		}
-		name, inc, desc := r.Name, r.Incarnation, r.Desc
+		name, state, inc, meta, desc := r.Name, r.State, r.Incarnation, formatMeta(r.Meta), r.Desc
 		if r.Error != "" {
-			name, inc, desc = "?", "?", "unreadable record: "+r.Error+": "+r.Raw
+			name, state, inc, meta, desc = "?", "?", "?", "?", "unreadable record: "+r.Error+": "+r.Raw
 		}
 		if !wide {
-			desc = truncate(desc, descWidth)
+			meta, desc = truncate(meta, descWidth), truncate(desc, descWidth)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", cell(r.ID), cell(name), age, expires, cell(inc), cell(desc))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+			cell(r.ID), cell(name), cell(state), age, expires, cell(inc), cell(meta), cell(desc))
 	}
 	return tw.Flush()
 }
@@ -154,6 +161,13 @@ func readTable(ctx context.Context, c redis.UniversalClient, prefix, table strin
 			r.Error, r.Raw = "no incarnation or name", raw
 		} else {
 			r.Name, r.Incarnation, r.Desc, r.TTLMS = rec.Name, rec.Inc, rec.Desc, rec.TTL
+			r.State, r.Meta = rec.State, rec.Meta
+			if r.State == "" {
+				r.State = protocol.StateServing
+			}
+			if len(r.Meta) == 0 {
+				r.Meta = nil
+			}
 			if rec.Reg > 0 {
 				age := now - rec.Reg
 				r.AgeMS = &age
@@ -212,6 +226,40 @@ func cell(s string) string {
 		}
 		return r
 	}, s)
+}
+
+// formatMeta prints meta as k=v pairs sorted by key, comma-separated ("" when
+// empty). A key or value that would make the list ambiguous (a comma, an
+// equals sign, a quote, white space or a control character in it) is quoted
+// as a Go string.
+func formatMeta(meta map[string]string) string {
+	if len(meta) == 0 {
+		return ""
+	}
+	keys := make([]string, 0, len(meta))
+	for k := range meta {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(quoteMetaPart(k))
+		b.WriteByte('=')
+		b.WriteString(quoteMetaPart(meta[k]))
+	}
+	return b.String()
+}
+
+func quoteMetaPart(s string) string {
+	if strings.IndexFunc(s, func(r rune) bool {
+		return r == ',' || r == '=' || r == '"' || unicode.IsSpace(r) || unicode.IsControl(r) || r == utf8.RuneError
+	}) >= 0 {
+		return strconv.Quote(s)
+	}
+	return s
 }
 
 // truncate shortens s to n characters, marking the cut.

@@ -3,7 +3,9 @@
 //	svcwatch [global flags] tables              every table under the prefix
 //	svcwatch [global flags] ls [-wide] TABLE    the instances of one table
 //	svcwatch [global flags] watch TABLE...      discovery events until interrupted
+//	svcwatch [global flags] pick TABLE KEY...   the instance that owns each key (Pick; -n N: PickN)
 //	svcwatch [global flags] bench [flags]       latency, crash detection and idle cost
+//	svcwatch bench -storm N                     N processes in a full mesh through an empty Redis restart
 //
 // Run "svcwatch -h" for the flags. Exit status: 0 on success, 1 on a runtime
 // error (Redis unreachable, authentication, missing table), 2 on bad usage.

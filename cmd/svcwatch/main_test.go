@@ -168,7 +168,7 @@ func TestTablesAndLs(t *testing.T) {
 			t.Fatalf("exit %d: %s", code, errOut)
 		}
 		lines := strings.Split(strings.TrimSpace(out), "\n")
-		if got := strings.Fields(lines[0]); strings.Join(got, " ") != "ID NAME AGE EXPIRES INCARNATION DESC" {
+		if got := strings.Fields(lines[0]); strings.Join(got, " ") != "ID NAME STATE AGE EXPIRES INCARNATION META DESC" {
 			t.Fatalf("header %q", lines[0])
 		}
 		descCol := strings.Index(lines[0], "DESC")
@@ -184,8 +184,8 @@ func TestTablesAndLs(t *testing.T) {
 			if name != "127.0.0.1:700"+id[1:] {
 				t.Errorf("row %q: name %q", l, name)
 			}
-			if _, err := time.ParseDuration(f[3]); err != nil || len(f[4]) != 16 {
-				t.Errorf("row %q: expires %q or incarnation %q", l, f[3], f[4])
+			if _, err := time.ParseDuration(f[4]); err != nil || len(f[5]) != 16 || f[2] != "serving" || f[6] != "-" {
+				t.Errorf("row %q: state %q, expires %q, incarnation %q or meta %q", l, f[2], f[4], f[5], f[6])
 			}
 			if id == "g2" {
 				desc := l[descCol:]
@@ -214,7 +214,8 @@ func TestTablesAndLs(t *testing.T) {
 		}
 		for _, r := range rows {
 			if r.Table != gate || r.Name == "" || r.Incarnation == "" || r.ExpiresInMS == nil || *r.ExpiresInMS <= 0 ||
-				r.AgeMS == nil || r.RegisteredAt == "" || r.TTLMS != svcwatch.DefaultTTL.Milliseconds() || r.Error != "" {
+				r.AgeMS == nil || r.RegisteredAt == "" || r.TTLMS != svcwatch.DefaultTTL.Milliseconds() || r.Error != "" ||
+				r.State != "serving" || r.Meta != nil {
 				t.Errorf("row %+v", r)
 			}
 		}
@@ -241,7 +242,7 @@ func TestTablesAndLs(t *testing.T) {
 	})
 }
 
-var watchLine = regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (add|update|remove) \S+ name=\S+ inc=[0-9a-f]{16} desc=`)
+var watchLine = regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (add|update|remove) \S+ name=\S+ inc=[0-9a-f]{16} state=(serving|draining|unhealthy) meta=\S+ desc=`)
 
 func TestWatch(t *testing.T) {
 	noEnvAuth(t)
@@ -279,6 +280,9 @@ func TestWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(text, "update "+gate+"/g9")
+	// Before the removal: the library merges the pending changes of a key, so
+	// that a watcher still behind would see the removal alone.
+	waitFor(js, `"event":"update","key":"`+gate+`/g9"`)
 	stop(t, g9)
 	waitFor(text, "remove "+gate+"/g9")
 	waitFor(js, `"event":"remove","key":"`+gate+`/g9"`)
@@ -637,5 +641,347 @@ func TestSentinel(t *testing.T) {
 	_, errOut, code = runCmd(t, "-sentinel-master", "nosuchmaster", "-addr", s.SentinelAddr(), "tables")
 	if code != 1 || !strings.Contains(errOut, "cannot reach Redis") {
 		t.Errorf("unknown master: exit %d, stderr %q", code, errOut)
+	}
+}
+
+// registerInstance is register for an instance with Meta or State set.
+func registerInstance(t *testing.T, addr string, inst svcwatch.Instance) *svcwatch.RedisServiceWatcher {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
+	w, err := svcwatch.NewRedisServiceWatcher(c, inst, svcwatch.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		defer cancel()
+		_ = w.Stop(ctx)
+		_ = c.Close()
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if err := w.Start(ctx); err != nil {
+		t.Fatalf("start %s: %v", inst.Key(), err)
+	}
+	return w
+}
+
+func TestLsStateAndMeta(t *testing.T) {
+	noEnvAuth(t)
+	srv := redistest.StartServer(t, redistest.ServerOptions{})
+	addr := srv.Addr()
+	register(t, addr, gate, "g1", "127.0.0.1:7001", "")
+	registerInstance(t, addr, svcwatch.Instance{Table: gate, ID: "g2", Name: "127.0.0.1:7002",
+		State: svcwatch.Draining, Meta: map[string]string{"zone": "eu", "weight": "2"}})
+	registerInstance(t, addr, svcwatch.Instance{Table: gate, ID: "g3", Name: "127.0.0.1:7003",
+		Meta: map[string]string{"tags": strings.Repeat("x", 60)}})
+
+	out, errOut, code := runCmd(t, "-addr", addr, "ls", gate)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 4 {
+		t.Fatalf("want a header and 3 rows:\n%s", out)
+	}
+	metaCol, descCol := strings.Index(lines[0], "META"), strings.Index(lines[0], "DESC")
+	for i, want := range []struct{ state, meta string }{
+		{"serving", "-"}, {"draining", "weight=2,zone=eu"}, {"serving", "tags=" + strings.Repeat("x", descWidth-len("tags=")-1) + "…"},
+	} {
+		l := lines[i+1]
+		if f := strings.Fields(l); f[2] != want.state {
+			t.Errorf("row %q: state %q, want %q", l, f[2], want.state)
+		}
+		if got := strings.TrimSpace(string([]rune(l)[metaCol:descCol])); got != want.meta {
+			t.Errorf("row %q: meta %q, want %q", l, got, want.meta)
+		}
+	}
+	out, _, _ = runCmd(t, "-addr", addr, "ls", "-wide", gate)
+	if !strings.Contains(out, "tags="+strings.Repeat("x", 60)+" ") {
+		t.Errorf("-wide: no whole meta:\n%s", out)
+	}
+
+	out, errOut, code = runCmd(t, "-addr", addr, "-json", "ls", gate)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var rows []lsRow
+	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if len(rows) != 3 || rows[0].State != "serving" || rows[0].Meta != nil || rows[1].State != "draining" ||
+		rows[1].Meta["zone"] != "eu" || rows[1].Meta["weight"] != "2" || len(rows[1].Meta) != 2 {
+		t.Errorf("rows %+v", rows)
+	}
+	if !strings.Contains(out, `"state": "draining"`) {
+		t.Errorf("no state in the JSON:\n%s", out)
+	}
+}
+
+func TestFormatMeta(t *testing.T) {
+	for _, tc := range []struct {
+		meta map[string]string
+		want string
+	}{
+		{nil, ""},
+		{map[string]string{"zone": "eu", "weight": "2"}, "weight=2,zone=eu"},
+		{map[string]string{"a": "x,y", "b": "k=v", "c": "two words", "d": ""}, `a="x,y",b="k=v",c="two words",d=`},
+	} {
+		if got := formatMeta(tc.meta); got != tc.want {
+			t.Errorf("formatMeta(%v) = %q, want %q", tc.meta, got, tc.want)
+		}
+	}
+}
+
+func TestWatchStateAndMeta(t *testing.T) {
+	noEnvAuth(t)
+	srv := redistest.StartServer(t, redistest.ServerOptions{})
+	addr := srv.Addr()
+	g1 := registerInstance(t, addr, svcwatch.Instance{Table: gate, ID: "g1", Name: "127.0.0.1:7001",
+		Meta: map[string]string{"zone": "eu", "weight": "2"}})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out, errOut, jsOut, jsErr := &syncBuffer{}, &syncBuffer{}, &syncBuffer{}, &syncBuffer{}
+	code := make(chan int, 2)
+	go func() { code <- run(ctx, []string{"-addr", addr, "watch", gate}, out, errOut) }()
+	go func() { code <- run(ctx, []string{"-addr", addr, "-json", "watch", gate}, jsOut, jsErr) }()
+	eventually(t, "watch to start", func() bool { return strings.Contains(errOut.String(), "watching") })
+	eventually(t, "watch -json to start", func() bool { return strings.Contains(jsErr.String(), "watching") })
+
+	if err := g1.SetState(context.Background(), svcwatch.Draining); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the state change", func() bool { return strings.Contains(out.String(), "state serving->draining") })
+	// Both watchers must have delivered it before the next change: the library
+	// merges the pending changes of a key.
+	eventually(t, "the json state change", func() bool { return strings.Contains(jsOut.String(), `"state":"draining"`) })
+	if err := g1.SetMeta(context.Background(), map[string]string{"zone": "us"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the meta change", func() bool { return strings.Contains(out.String(), "old-meta=") })
+	eventually(t, "the json events", func() bool { return strings.Count(jsOut.String(), "\n") >= 3 })
+	cancel()
+	for i := 0; i < 2; i++ {
+		select {
+		case c := <-code:
+			if c != 0 {
+				t.Errorf("exit %d: %s%s", c, errOut, jsErr)
+			}
+		case <-time.After(waitTimeout):
+			t.Fatal("watch did not end after its context")
+		}
+	}
+
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("want add, update (state), update (meta):\n%s", out)
+	}
+	for _, l := range lines {
+		if !watchLine.MatchString(l) {
+			t.Errorf("line %q does not match %v", l, watchLine)
+		}
+	}
+	for i, want := range []string{
+		" add " + gate + "/g1 name=127.0.0.1:7001 inc=",
+		" state=serving meta=weight=2,zone=eu desc=\"\"",
+		" update " + gate + "/g1 ",
+		" state=draining meta=weight=2,zone=eu desc=\"\" state serving->draining",
+		" update " + gate + "/g1 ",
+		" state=draining meta=zone=us desc=\"\" old-meta=weight=2,zone=eu",
+	} {
+		if l := lines[i/2]; !strings.Contains(l, want) {
+			t.Errorf("line %q: no %q", l, want)
+		}
+	}
+	if strings.Contains(lines[2], "->") {
+		t.Errorf("a meta change reported as a state change: %q", lines[2])
+	}
+
+	var events []watchEvent
+	for _, l := range strings.Split(strings.TrimSpace(jsOut.String()), "\n") {
+		var ev watchEvent
+		if err := json.Unmarshal([]byte(l), &ev); err != nil {
+			t.Fatalf("%v: %q", err, l)
+		}
+		events = append(events, ev)
+	}
+	if len(events) != 3 || events[0].State != "serving" || events[0].Meta["weight"] != "2" ||
+		events[1].Event != "update" || events[1].State != "draining" || events[1].Old == nil || events[1].Old.State != "serving" ||
+		events[2].Meta["zone"] != "us" || len(events[2].Meta) != 1 || events[2].Old == nil || events[2].Old.Meta["zone"] != "eu" {
+		t.Errorf("json events %+v", events)
+	}
+}
+
+// pickLines parses the text output of pick: key -> the IDs of its lines, in
+// order ("-" for none).
+func pickLines(t *testing.T, out string) map[string][]string {
+	t.Helper()
+	got := map[string][]string{}
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		// The key may be quoted, with spaces: the fields are counted from the end.
+		f := strings.Fields(l)
+		var key, id string
+		switch n := len(f); {
+		case n >= 2 && f[n-1] == "-":
+			key, id = strings.TrimSuffix(l, " -"), "-"
+		case n >= 3 && f[n-1] == "127.0.0.1:70"+strings.TrimPrefix(f[n-2], "g"):
+			key, id = strings.TrimSuffix(l, " "+f[n-2]+" "+f[n-1]), f[n-2]
+		default:
+			t.Fatalf("line %q is neither KEY ID NAME nor KEY -:\n%s", l, out)
+		}
+		if strings.HasPrefix(key, `"`) {
+			var err error
+			if key, err = strconv.Unquote(key); err != nil {
+				t.Fatalf("line %q: key: %v", l, err)
+			}
+		}
+		got[key] = append(got[key], id)
+	}
+	return got
+}
+
+func TestPick(t *testing.T) {
+	noEnvAuth(t)
+	srv := redistest.StartServer(t, redistest.ServerOptions{})
+	addr := srv.Addr()
+	for i, weight := range []string{"1", "3", "2", "1", "5"} {
+		id := "g" + strconv.Itoa(10+i)
+		inst := svcwatch.Instance{Table: gate, ID: id, Name: "127.0.0.1:70" + id[1:], Meta: map[string]string{"weight": weight}}
+		if i == 3 {
+			inst.State = svcwatch.Draining // never an owner
+		}
+		registerInstance(t, addr, inst)
+	}
+	// The library's answer, from a watcher of its own.
+	c := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = c.Close() })
+	lib, err := svcwatch.NewRedisServiceWatcher(c, svcwatch.Instance{Table: gate}, svcwatch.WatchOnly(),
+		svcwatch.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if err := lib.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stop(t, lib) })
+
+	var keys []string
+	for i := 0; i < 20; i++ {
+		keys = append(keys, "player:"+strconv.Itoa(i*7919))
+	}
+	keys = append(keys, "two words") // quoted in the text output
+
+	t.Run("owner", func(t *testing.T) {
+		out, errOut, code := runCmd(t, append([]string{"-addr", addr, "pick", gate}, keys...)...)
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, errOut)
+		}
+		got := pickLines(t, out)
+		owners := map[string]bool{}
+		for _, k := range keys {
+			want, ok := lib.Pick(gate, k)
+			if !ok {
+				t.Fatalf("the library picks nobody for %q", k)
+			}
+			owners[want.ID] = true
+			if g := got[k]; len(g) != 1 || g[0] != want.ID {
+				t.Errorf("key %q: pick says %v, the library %s", k, g, want.ID)
+			}
+		}
+		if owners["g13"] || len(owners) < 2 {
+			t.Errorf("owners %v: want several, never the draining g13", owners)
+		}
+	})
+
+	t.Run("n", func(t *testing.T) {
+		out, errOut, code := runCmd(t, append([]string{"-addr", addr, "pick", "-n", "3", gate}, keys...)...)
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, errOut)
+		}
+		got := pickLines(t, out)
+		for _, k := range keys {
+			var want []string
+			for _, in := range lib.PickN(gate, k, 3) {
+				want = append(want, in.ID)
+			}
+			if g := got[k]; len(want) != 3 || strings.Join(g, " ") != strings.Join(want, " ") {
+				t.Errorf("key %q: pick -n 3 says %v, the library %v", k, g, want)
+			}
+		}
+		// More than there are serving instances: all four, the owner first.
+		out, _, _ = runCmd(t, "-addr", addr, "pick", "-n", "9", gate, keys[0])
+		if g := pickLines(t, out)[keys[0]]; len(g) != 4 {
+			t.Errorf("-n 9: %v, want the 4 serving instances", g)
+		}
+	})
+
+	t.Run("json", func(t *testing.T) {
+		out, errOut, code := runCmd(t, append([]string{"-addr", addr, "-json", "pick", "-n", "2", gate}, keys...)...)
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, errOut)
+		}
+		var rows []pickRow
+		if err := json.Unmarshal([]byte(out), &rows); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		if len(rows) != len(keys) {
+			t.Fatalf("%d rows for %d keys", len(rows), len(keys))
+		}
+		for i, r := range rows {
+			want, _ := lib.Pick(gate, keys[i])
+			if r.Key != keys[i] || r.Table != gate || r.Owner == nil || r.Owner.ID != want.ID || r.Owner.Name != want.Name ||
+				r.Owner.Weight != want.Weight() || len(r.Candidates) != 2 || r.Candidates[0].ID != want.ID {
+				t.Errorf("row %+v, want owner %s", r, want.ID)
+			}
+		}
+	})
+
+	t.Run("none serving", func(t *testing.T) {
+		drained := "game/prod/v1/drained"
+		for _, id := range []string{"d1", "d2"} {
+			registerInstance(t, addr, svcwatch.Instance{Table: drained, ID: id, Name: "127.0.0.1:7100", State: svcwatch.Draining})
+		}
+		out, errOut, code := runCmd(t, "-addr", addr, "pick", drained, "a", "b")
+		if code != 1 || out != "a -\nb -\n" || !strings.Contains(errOut, "no serving instance in table "+drained+" (2 instances: 2 draining)") {
+			t.Errorf("exit %d, stdout %q, stderr %q", code, out, errOut)
+		}
+		out, _, code = runCmd(t, "-addr", addr, "-json", "pick", drained, "a")
+		var rows []pickRow
+		if err := json.Unmarshal([]byte(out), &rows); err != nil || code != 1 || len(rows) != 1 || rows[0].Owner != nil ||
+			!strings.Contains(out, `"owner": null`) {
+			t.Errorf("json: exit %d, %v\n%s", code, err, out)
+		}
+		_, errOut, code = runCmd(t, "-addr", addr, "pick", "no/such/table", "a")
+		if code != 1 || !strings.Contains(errOut, "table no/such/table has no instance") {
+			t.Errorf("missing table: exit %d, stderr %q", code, errOut)
+		}
+	})
+}
+
+func TestPickUsage(t *testing.T) {
+	noEnvAuth(t)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"pick"}, "needs a TABLE and at least one KEY"},
+		{[]string{"pick", gate}, "needs a TABLE and at least one KEY"},
+		{[]string{"pick", "-n", "0", gate, "k"}, "-n must be at least 1"},
+		{[]string{"pick", "a{b}", "k"}, "is not a table name"},
+	} {
+		_, errOut, code := runCmd(t, tc.args...)
+		if code != 2 || !strings.Contains(errOut, tc.want) || !strings.Contains(errOut, "Usage: svcwatch [global flags] pick TABLE KEY...") {
+			t.Errorf("%q: exit %d, want 2; stderr:\n%s", tc.args, code, errOut)
+		}
+	}
+	if _, errOut, _ := runCmd(t, "-h"); !strings.Contains(errOut, "pick TABLE KEY...") {
+		t.Errorf("no pick in the main usage:\n%s", errOut)
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(redistest.FreePort(t))
+	if _, errOut, code := runCmd(t, "-addr", addr, "pick", gate, "k"); code != 1 || !strings.Contains(errOut, "cannot reach Redis at "+addr) {
+		t.Errorf("unreachable: exit %d, stderr %q", code, errOut)
 	}
 }

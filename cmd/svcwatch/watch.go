@@ -27,21 +27,27 @@ func watchCommand() *command {
 
 // watchEvent is one line of `svcwatch -json watch`.
 type watchEvent struct {
-	Time         string         `json:"time"` // local clock, when the handler ran
-	Event        string         `json:"event"`
-	Key          string         `json:"key"`
-	Table        string         `json:"table"`
-	ID           string         `json:"id"`
-	Name         string         `json:"name"`
-	Incarnation  string         `json:"incarnation"`
-	Desc         string         `json:"desc"`
-	RegisteredAt string         `json:"registered_at"` // server clock
-	Old          *watchInstance `json:"old,omitempty"` // update only
+	Time        string `json:"time"` // local clock, when the handler ran
+	Event       string `json:"event"`
+	Key         string `json:"key"`
+	Table       string `json:"table"`
+	ID          string `json:"id"`
+	Name        string `json:"name"`
+	Incarnation string `json:"incarnation"`
+	Desc        string `json:"desc"`
+	State       string `json:"state"` // "serving", "draining" or "unhealthy"
+	// Meta is the instance's attributes, {} when it has none.
+	Meta         map[string]string `json:"meta"`
+	RegisteredAt string            `json:"registered_at"` // server clock
+	Old          *watchInstance    `json:"old,omitempty"` // update only
 }
 
+// watchInstance is what an update changed from.
 type watchInstance struct {
-	Name string `json:"name"`
-	Desc string `json:"desc"`
+	Name  string            `json:"name"`
+	Desc  string            `json:"desc"`
+	State string            `json:"state"`
+	Meta  map[string]string `json:"meta"`
 }
 
 // eventPrinter is the watcher's handler. The library calls it from one
@@ -55,7 +61,7 @@ type eventPrinter struct {
 
 func (p *eventPrinter) OnAdd(inst svcwatch.Instance) { p.print("add", inst, nil) }
 func (p *eventPrinter) OnUpdate(old, cur svcwatch.Instance) {
-	p.print("update", cur, &watchInstance{Name: old.Name, Desc: old.Desc})
+	p.print("update", cur, &watchInstance{Name: old.Name, Desc: old.Desc, State: old.State.String(), Meta: jsonMeta(old.Meta)})
 }
 func (p *eventPrinter) OnRemove(inst svcwatch.Instance) { p.print("remove", inst, nil) }
 
@@ -67,7 +73,8 @@ func (p *eventPrinter) print(op string, inst svcwatch.Instance, old *watchInstan
 	if p.json {
 		ev := watchEvent{
 			Time: ts, Event: op, Key: inst.Key(), Table: inst.Table, ID: inst.ID,
-			Name: inst.Name, Incarnation: inst.Incarnation, Desc: inst.Desc, Old: old,
+			Name: inst.Name, Incarnation: inst.Incarnation, Desc: inst.Desc,
+			State: inst.State.String(), Meta: jsonMeta(inst.Meta), Old: old,
 		}
 		if !inst.RegisteredAt.IsZero() {
 			ev.RegisteredAt = inst.RegisteredAt.UTC().Format(timeFormat)
@@ -77,12 +84,32 @@ func (p *eventPrinter) print(op string, inst svcwatch.Instance, old *watchInstan
 		return
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s %s %s name=%s inc=%s desc=%s", ts, op, inst.Key(), inst.Name, inst.Incarnation, quoteIfNeeded(inst.Desc))
-	if old != nil && old.Name != inst.Name {
-		fmt.Fprintf(&b, " old-name=%s", old.Name)
+	meta := formatMeta(inst.Meta)
+	fmt.Fprintf(&b, "%s %s %s name=%s inc=%s state=%s meta=%s desc=%s", ts, op, inst.Key(), inst.Name, inst.Incarnation,
+		inst.State, quoteIfNeeded(meta), quoteIfNeeded(inst.Desc))
+	// An update says what changed besides the desc: the name, the state
+	// (draining is the change an operator watches for), the meta.
+	if old != nil {
+		if old.Name != inst.Name {
+			fmt.Fprintf(&b, " old-name=%s", old.Name)
+		}
+		if old.State != inst.State.String() {
+			fmt.Fprintf(&b, " state %s->%s", old.State, inst.State)
+		}
+		if oldMeta := formatMeta(old.Meta); oldMeta != meta {
+			fmt.Fprintf(&b, " old-meta=%s", quoteIfNeeded(oldMeta))
+		}
 	}
 	b.WriteByte('\n')
 	_, p.err = io.WriteString(p.out, b.String())
+}
+
+// jsonMeta is meta for JSON: {} rather than null when empty.
+func jsonMeta(meta map[string]string) map[string]string {
+	if meta == nil {
+		return map[string]string{}
+	}
+	return meta
 }
 
 // quoteIfNeeded keeps a desc on one line and in one field: quoted when it has

@@ -421,3 +421,24 @@ func TestHealRegisteredDuringPartition(t *testing.T) {
 	proxy.Blackhole(false)
 	eventually(t, "Registered again once Redis answers", func() bool { return w.w.Stats().Registered })
 }
+
+// Keys of the wrong type are dropped by the first script, on miniredis too
+// (its Lua answers errors through redis.pcall as Redis does).
+func TestHealWrongTypeKeys(t *testing.T) {
+	for _, suffix := range []string{"inst", "exp", "rev", "epoch", "meta"} {
+		t.Run(suffix, func(t *testing.T) {
+			checkLeaks(t)
+			b := miniBackend(t)
+			c := b.client(t)
+			key := protocol.Key(DefaultKeyPrefix, gameTable, suffix)
+			if suffix == "rev" || suffix == "epoch" {
+				c.HSet(context.Background(), key, "f", "v")
+			} else {
+				c.Set(context.Background(), key, "not a "+suffix, 0)
+			}
+			a := b.newNode(t, gameTable, "a")
+			w := b.newNode(t, gameTable, "w")
+			converge(t, []*node{a, w}, gameTable, "a,w")
+		})
+	}
+}

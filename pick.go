@@ -18,10 +18,11 @@ import (
 // test vectors).
 //
 //   - hash32(s) = fmix32(fnv1a32(UTF-8 bytes of s)), all arithmetic mod 2^32.
-//   - Eligible: State == Serving and Weight() > 0, sorted by ID (byte order);
-//     w_i = min(Weight(), routeMaxWeight), then all w_i are divided by their GCD.
+//   - In the table: every instance with Weight() > 0, whatever its State,
+//     sorted by ID (byte order); w_i = min(Weight(), routeMaxWeight), then all
+//     w_i are divided by their GCD.
 //   - M: the first of routePrimes (655373, 6553577) with M >= 100*N, N being
-//     the number of eligible instances; the last when none is.
+//     the number of instances in the table; the last when none is.
 //   - offset_i = hash32("offset:"+ID) mod M, skip_i = hash32("skip:"+ID) mod
 //     (M-1) + 1; the j-th preference of i is (offset_i + j*skip_i) mod M.
 //   - Quota: q_i = floor(M*w_i/W) (W = sum of w_i); the L = M - sum(q_i) < N
@@ -29,12 +30,20 @@ import (
 //   - Population: rounds over the instances in ID order; in each round
 //     instance i claims min(w_i, q_i - claimed_i) slots, each claim taking the
 //     next empty slot in its preference order, until the table is full.
-//   - Lookup: owner of key = table[hash32(key) mod M]. PickN: the owner, then
-//     the owners of slots +1, +2, ... (mod M), distinct, until n are found or
-//     every instance that owns a slot is.
+//   - Lookup: slot(key) = hash32(key) mod M. Pick: the owner of the first slot
+//     from slot(key) on (+1, +2, ... mod M) whose owner is Serving; none when
+//     no owner serves. PickN: the distinct Serving owners met on the same
+//     walk, in that order, until n are found or every serving instance that
+//     owns a slot is.
+//
+// The State is read at lookup only: a Draining or Unhealthy instance keeps its
+// slots, and its keys go to the owners of the slots that follow, so that no
+// other key moves; a change of State changes nothing in the table, which is
+// rebuilt only when an instance of positive weight comes or goes, or a weight
+// changes.
 
-// routePrimes are the table sizes M: the first with M >= 100*N (N eligible
-// instances), the last when none is. Each is prime, so that every skip in
+// routePrimes are the table sizes M: the first with M >= 100*N (N instances
+// in the table), the last when none is. Each is prime, so that every skip in
 // [1, M-1] makes its preferences a permutation of all the slots.
 //
 // Why these: the keys that move when an instance leaves are its own (1/N) plus
@@ -56,7 +65,7 @@ var routePrimes = [...]uint32{655373, 6553577}
 // mean the same in every language.
 const routeMaxWeight = 1_000_000
 
-// routeSlotsPerInstance is the minimum table size per eligible instance (see
+// routeSlotsPerInstance is the minimum table size per instance (see
 // routePrimes). More slots per instance make shares finer and the movement on
 // a change closer to the ideal (only the departed instance's keys move).
 const routeSlotsPerInstance = 100
@@ -94,7 +103,7 @@ func hash32Prefixed(prefix, s string) uint32 {
 	return fmix32(fnv1a32(fnv1a32(fnvOffset32, prefix), s))
 }
 
-// routeTableSize returns M for n eligible instances.
+// routeTableSize returns M for n instances in the table.
 func routeTableSize(n int) uint32 {
 	for _, p := range routePrimes {
 		if uint64(p) >= uint64(n)*routeSlotsPerInstance {
@@ -105,24 +114,27 @@ func routeTableSize(n int) uint32 {
 }
 
 // routeTable maps keys to instances. It is immutable once built: any number
-// of goroutines may call pick and pickN on it without locking.
+// of goroutines may look keys up in it without locking.
 type routeTable struct {
-	insts   []Instance // the eligible instances, sorted by ID
-	m       uint32     // table size, 0 when there is no eligible instance
+	insts   []Instance // the instances of positive weight, any State, sorted by ID
+	m       uint32     // table size, 0 when there is no instance
 	slots16 []uint16   // slot -> index in insts, when len(insts) <= 65535
 	slots32 []uint32   // slot -> index in insts, otherwise
+	holds   []bool     // by index in insts: owns at least one slot
 	holders int        // instances that own at least one slot
 }
 
-// newRouteTable builds the table of the eligible instances among insts (any
-// order, any state): those Serving with Weight() > 0. The stored instances
-// have their own copies of Meta. Of several instances with the same ID, one
-// is kept: the latest registered (then the greatest Incarnation), so that the
-// result does not depend on the order of insts.
+// newRouteTable builds the table of the instances among insts (any order)
+// with Weight() > 0, whatever their State: the State counts at lookup only
+// (pickFunc), so that a change of State needs no new table. The stored
+// instances have their own copies of Meta; pick and pickN read their State.
+// Of several instances with the same ID, one is kept: the latest registered
+// (then the greatest Incarnation), so that the result does not depend on the
+// order of insts.
 func newRouteTable(insts []Instance) *routeTable {
 	el := make([]Instance, 0, len(insts))
 	for _, in := range insts {
-		if in.State == Serving && in.Weight() > 0 {
+		if in.Weight() > 0 {
 			el = append(el, in)
 		}
 	}
@@ -186,8 +198,10 @@ func newRouteTable(insts []Instance) *routeTable {
 	} else {
 		rt.slots32 = populate[uint32](m, w, quota, next, skip)
 	}
-	for _, q := range quota {
+	rt.holds = make([]bool, n)
+	for i, q := range quota {
 		if q > 0 {
+			rt.holds[i] = true
 			rt.holders++
 		}
 	}
@@ -354,55 +368,234 @@ func (rt *routeTable) owner(s uint32) uint32 {
 	return rt.slots32[s]
 }
 
-// pick returns the instance that owns key, false when there is none. It does
-// not allocate. The Instance returned shares its Meta with the table: the
-// caller copies it before handing it out.
+// pickFunc returns the instance that owns key among those that serve now: the
+// owner of the first slot, from slot(key) on (+1, +2, ... mod M), for which
+// serving(owner's ID) is true; false when none is. The table is not rebuilt
+// when a State changes: serving tells the current one (it must answer the
+// same for one ID throughout a call). It does not allocate: serving does not
+// escape. When the owner of slot(key) serves, serving is asked once; a
+// Draining or Unhealthy owner's keys go to the owners of the following slots,
+// and no other key moves. The Instance returned shares its Meta with the table
+// and carries the State it had at the build: the caller takes the instance
+// from its own view.
+func (rt *routeTable) pickFunc(key string, serving func(id string) bool) (Instance, bool) {
+	if rt == nil || rt.m == 0 {
+		return Instance{}, false
+	}
+	s := hash32(key) % rt.m
+	o := rt.owner(s)
+	if !serving(rt.insts[o].ID) {
+		var ok bool
+		if o, ok = rt.passOver(s, o, func(o uint32) bool { return serving(rt.insts[o].ID) }); !ok {
+			return Instance{}, false
+		}
+	}
+	return rt.insts[o], true
+}
+
+// pick is pickFunc with the State the instances had when the table was built.
 func (rt *routeTable) pick(key string) (Instance, bool) {
 	if rt == nil || rt.m == 0 {
 		return Instance{}, false
 	}
-	return rt.insts[rt.owner(hash32(key)%rt.m)], true
+	s := hash32(key) % rt.m
+	o := rt.owner(s)
+	if rt.insts[o].State != Serving {
+		var ok bool
+		if o, ok = rt.passOver(s, o, func(o uint32) bool { return rt.insts[o].State == Serving }); !ok {
+			return Instance{}, false
+		}
+	}
+	return rt.insts[o], true
 }
 
-// pickN returns up to n distinct instances for key: the owner first, then the
-// owners of the following slots (wrapping around) in the order met, until n
-// are found or every instance owning a slot is; len == min(n, number of
-// eligible instances) unless an instance's weight is too small to own a slot.
-// The instances share their Meta with the table. It reads about as many slots
-// as it takes to meet n distinct owners: a few for small n, but up to the
-// whole table when n asks for an instance of a tiny share.
+// pickNFunc returns up to n distinct instances for key that serve now
+// (serving, as for pickFunc): going forward from slot(key) (mod M), the owners
+// for which serving is true, in the order met, until n are found or every
+// serving instance that owns a slot is. The first is pickFunc's. len ==
+// min(n, serving instances that own a slot). serving is asked at most once
+// per instance. The instances share their Meta with the table. It reads about
+// as many slots as it takes to meet n distinct serving owners: a few for small
+// n, but up to the whole table when n asks for an instance of a tiny share, or
+// for more than serve.
+func (rt *routeTable) pickNFunc(key string, n int, serving func(id string) bool) []Instance {
+	return rt.pickNBy(key, n, func(o uint32) bool { return serving(rt.insts[o].ID) })
+}
+
+// pickN is pickNFunc with the State the instances had when the table was
+// built.
 func (rt *routeTable) pickN(key string, n int) []Instance {
+	return rt.pickNBy(key, n, func(o uint32) bool { return rt.insts[o].State == Serving })
+}
+
+// routeShortWalk is how many slots passOver reads, in a table of over 64
+// instances, before it remembers whom it asked. With a share f of the slots
+// owned by instances that do not serve, a walk reads 1/(1-f) slots on
+// average: it gets this far only when nearly nothing serves.
+const routeShortWalk = 64
+
+// routeMemoOwners is how many instances passOverLarge can remember (8 KB of
+// stack): every table whose slots are uint16.
+const routeMemoOwners = 1 << 16
+
+// passOver returns the index in insts of the owner of the first slot after s
+// (mod M) for which serves(owner) is true, s being slot(key) and o its owner,
+// which does not serve.
+func (rt *routeTable) passOver(s, o uint32, serves func(o uint32) bool) (uint32, bool) {
+	if len(rt.insts) <= 64 {
+		no := [1]uint64{1 << o}
+		return rt.walkMemo(no[:], 1, s, 1, serves)
+	}
+	// Ask each owner met, but not again the previous slot's.
+	c := uint32(1) // slots read
+	for ; c < rt.m && c < routeShortWalk; c++ {
+		if s++; s == rt.m {
+			s = 0
+		}
+		if p := rt.owner(s); p != o {
+			if serves(p) {
+				return p, true
+			}
+			o = p
+		}
+	}
+	if c < rt.m && len(rt.insts) <= routeMemoOwners {
+		return rt.passOverLarge(s, c, serves)
+	}
+	// A table too large to remember its instances on the stack: up to M slots.
+	for ; c < rt.m; c++ {
+		if s++; s == rt.m {
+			s = 0
+		}
+		if p := rt.owner(s); p != o {
+			if serves(p) {
+				return p, true
+			}
+			o = p
+		}
+	}
+	return 0, false
+}
+
+// passOverLarge is walkMemo with room for routeMemoOwners instances. Not
+// inlined: its 8 KB frame only on this rare path.
+//
+//go:noinline
+func (rt *routeTable) passOverLarge(s, c uint32, serves func(o uint32) bool) (uint32, bool) {
+	var no [routeMemoOwners / 64]uint64
+	return rt.walkMemo(no[:], 0, s, c, serves)
+}
+
+// walkMemo goes on with passOver past slot s, c slots read, when nearly
+// nothing serves. no has a bit for each instance in insts, set for those that
+// said they do not serve (asked of them). It asks each owner met at most once;
+// after N more slots (N instances in the table) it asks the instances it has
+// not met yet (a census), and then needs to ask nobody. So at most N
+// questions, and an answer of none as soon as every instance owning a slot has
+// said no, rather than after a walk of up to M slots (an instance's slots are
+// not spread evenly: meeting every instance can take most of the table).
+func (rt *routeTable) walkMemo(no []uint64, asked int, s, c uint32, serves func(o uint32) bool) (uint32, bool) {
+	census := uint64(c) + uint64(len(rt.insts))
+	counted := false // after the census, every owner not in no serves
+	for ; c < rt.m && asked < rt.holders; c++ {
+		if s++; s == rt.m {
+			s = 0
+		}
+		o := rt.owner(s)
+		if no[o/64]&(1<<(o%64)) == 0 {
+			if counted || serves(o) {
+				return o, true
+			}
+			no[o/64] |= 1 << (o % 64)
+			asked++
+		}
+		if uint64(c) == census {
+			for x := range rt.insts {
+				if rt.holds[x] && no[x/64]&(1<<(x%64)) == 0 && !serves(uint32(x)) {
+					no[x/64] |= 1 << (x % 64)
+					asked++
+				}
+			}
+			counted = true
+		}
+	}
+	return 0, false
+}
+
+// pickNBy is pickNFunc with serves asked about an owner's index in insts. An
+// owner is asked when first met; when the walk gets long (N slots past the
+// short walk) without n found, the instances not met yet are asked at once (a
+// census), so that it stops as soon as every serving instance is listed rather
+// than when every instance is met: each instance is asked at most once.
+func (rt *routeTable) pickNBy(key string, n int, serves func(o uint32) bool) []Instance {
 	if rt == nil || rt.m == 0 || n <= 0 {
 		return nil
 	}
-	n = min(n, rt.holders)
-	out := make([]Instance, 0, n)
+	want := min(n, rt.holders)
+	out := make([]Instance, 0, want)
+	var (
+		met    ownerSet // the owners met, serving or not
+		yes    []uint64 // after the census: the instances not met then that serve
+		census = uint64(routeShortWalk) + uint64(len(rt.insts))
+	)
 	s := hash32(key) % rt.m
-	if n <= 8 {
-		// Few: a linear check against the (at most 8) found is cheaper than a set.
-		var found [8]uint32
-		for c := uint32(0); c < rt.m && len(out) < n; c++ {
-			o := rt.owner(s)
-			if !slices.Contains(found[:len(out)], o) {
-				found[len(out)] = o
+	for c := uint64(0); c < uint64(rt.m) && len(out) < want && met.n < rt.holders; c++ {
+		if o := rt.owner(s); met.add(o, len(rt.insts)) {
+			if yes != nil && yes[o/64]&(1<<(o%64)) != 0 || yes == nil && serves(o) {
 				out = append(out, rt.insts[o])
 			}
-			if s++; s == rt.m {
-				s = 0
-			}
-		}
-		return out
-	}
-	seen := make([]bool, len(rt.insts))
-	for c := uint32(0); c < rt.m && len(out) < n; c++ {
-		o := rt.owner(s)
-		if !seen[o] {
-			seen[o] = true
-			out = append(out, rt.insts[o])
 		}
 		if s++; s == rt.m {
 			s = 0
 		}
+		if c == census && len(out) < want {
+			yes = make([]uint64, (len(rt.insts)+63)/64)
+			more := 0
+			for x := range rt.insts {
+				if rt.holds[x] && !met.has(uint32(x)) && serves(uint32(x)) {
+					yes[x/64] |= 1 << (x % 64)
+					more++
+				}
+			}
+			want = min(want, len(out)+more)
+		}
 	}
 	return out
+}
+
+// ownerSet is a set of indices in insts: a list while it holds a few (a linear
+// check against up to 8 is cheaper than a set), a bitset beyond.
+type ownerSet struct {
+	n     int // members
+	small [8]uint32
+	big   []uint64
+}
+
+// has reports whether o is in the set.
+func (m *ownerSet) has(o uint32) bool {
+	if m.big == nil {
+		return slices.Contains(m.small[:m.n], o)
+	}
+	return m.big[o/64]&(1<<(o%64)) != 0
+}
+
+// add adds o (< size) and reports whether it was new.
+func (m *ownerSet) add(o uint32, size int) bool {
+	if m.has(o) {
+		return false
+	}
+	if m.big == nil {
+		if m.n < len(m.small) {
+			m.small[m.n] = o
+			m.n++
+			return true
+		}
+		m.big = make([]uint64, (size+63)/64)
+		for _, x := range m.small {
+			m.big[x/64] |= 1 << (x % 64)
+		}
+	}
+	m.big[o/64] |= 1 << (o % 64)
+	m.n++
+	return true
 }

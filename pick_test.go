@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -59,7 +60,8 @@ func slotOwners(rt *routeTable) []string {
 //
 // Written from the text of the spec, sharing no code with pick.go: the
 // standard library's FNV-1a, big integers for the weights and quotas, the
-// j-th preference computed as (offset + j*skip) mod M, maps for sets.
+// j-th preference computed as (offset + j*skip) mod M, maps for sets, and a
+// lookup that walks the slots one by one.
 
 func naiveHash32(s string) uint32 {
 	f := fnv.New32a()
@@ -91,7 +93,9 @@ func naiveWeight(in Instance) int64 {
 type naiveTable struct {
 	m       int64
 	ids     []string
-	table   []int // slot -> index in ids
+	state   map[string]State
+	table   []int  // slot -> index in ids
+	owns    []bool // by index in ids: owns a slot (a quota above 0)
 	holders int
 }
 
@@ -104,13 +108,14 @@ func naiveBuild(insts []Instance) *naiveTable {
 		j           int64
 	}
 	var els []*el
+	nt := &naiveTable{state: map[string]State{}}
 	for _, in := range insts {
-		if in.State == Serving && naiveWeight(in) > 0 {
+		if naiveWeight(in) > 0 { // whatever the State
 			els = append(els, &el{id: in.ID, w: big.NewInt(naiveWeight(in))})
+			nt.state[in.ID] = in.State
 		}
 	}
 	sort.Slice(els, func(a, b int) bool { return bytes.Compare([]byte(els[a].id), []byte(els[b].id)) < 0 })
-	nt := &naiveTable{}
 	if len(els) == 0 {
 		return nt
 	}
@@ -145,6 +150,7 @@ func naiveBuild(insts []Instance) *naiveTable {
 		e.off = int64(naiveHash32("offset:"+e.id)) % nt.m
 		e.skip = int64(naiveHash32("skip:"+e.id))%(nt.m-1) + 1
 		e.left = e.quota
+		nt.owns = append(nt.owns, e.quota > 0)
 		if e.quota > 0 {
 			nt.holders++
 		}
@@ -171,35 +177,78 @@ func naiveBuild(insts []Instance) *naiveTable {
 	return nt
 }
 
-func (nt *naiveTable) pick(key string) (string, bool) {
-	if len(nt.ids) == 0 {
-		return "", false
+// servingByState is the spec's Serving: the State the instance was built with.
+func (nt *naiveTable) servingByState(id string) bool { return nt.state[id] == Serving }
+
+// servingHolders: the serving instances that own a slot.
+func (nt *naiveTable) servingHolders(serves func(id string) bool) map[int]bool {
+	holders := map[int]bool{}
+	for o, id := range nt.ids {
+		if nt.owns[o] && serves(id) {
+			holders[o] = true
+		}
 	}
-	return nt.ids[nt.table[int64(naiveHash32(key))%nt.m]], true
+	return holders
 }
 
-func (nt *naiveTable) pickN(key string, n int) []string {
+// pickBy: the owner of the first slot from slot(key) on that serves.
+func (nt *naiveTable) pickBy(key string, serves func(id string) bool) (string, bool) {
+	if len(nt.servingHolders(serves)) == 0 {
+		return "", false
+	}
+	s := int64(naiveHash32(key)) % nt.m
+	for c := int64(0); c < nt.m; c++ {
+		if id := nt.ids[nt.table[(s+c)%nt.m]]; serves(id) {
+			return id, true
+		}
+	}
+	return "", false
+}
+
+// pickNBy: the distinct serving owners from slot(key) on, in the order met,
+// until n or every serving instance that owns a slot is listed.
+func (nt *naiveTable) pickNBy(key string, n int, serves func(id string) bool) []string {
 	var out []string
 	if len(nt.ids) == 0 {
 		return out
 	}
-	seen := map[int]bool{}
+	holders := nt.servingHolders(serves)
+	listed := map[int]bool{}
 	s := int64(naiveHash32(key)) % nt.m
-	for c := int64(0); c < nt.m && len(out) < n && len(out) < nt.holders; c++ {
-		if o := nt.table[(s+c)%nt.m]; !seen[o] {
-			seen[o] = true
+	for c := int64(0); c < nt.m && len(out) < n && len(out) < len(holders); c++ {
+		if o := nt.table[(s+c)%nt.m]; holders[o] && !listed[o] {
+			listed[o] = true
 			out = append(out, nt.ids[o])
 		}
 	}
 	return out
 }
 
-// checkAgainstNaive compares the whole table and the picks of keys.
+func (nt *naiveTable) pick(key string) (string, bool) { return nt.pickBy(key, nt.servingByState) }
+
+func (nt *naiveTable) pickN(key string, n int) []string {
+	return nt.pickNBy(key, n, nt.servingByState)
+}
+
+func instIDs(insts []Instance) []string {
+	ids := []string{}
+	for _, in := range insts {
+		ids = append(ids, in.ID)
+	}
+	return ids
+}
+
+// checkAgainstNaive compares the whole table, and the picks of keys: with the
+// stored States (pick, pickN) and with other answers of serving (pickFunc,
+// pickNFunc).
 func checkAgainstNaive(t *testing.T, insts []Instance, keys []string) {
 	t.Helper()
 	rt, nt := newRouteTable(insts), naiveBuild(insts)
 	if int64(rt.m) != nt.m || rt.holders != nt.holders {
 		t.Fatalf("M %d holders %d, naive: M %d holders %d", rt.m, rt.holders, nt.m, nt.holders)
+	}
+	if !slices.Equal(instIDs(rt.insts), nt.ids) {
+		t.Fatalf("instances %q, naive %q", instIDs(rt.insts), nt.ids)
 	}
 	for s := int64(0); s < nt.m; s++ {
 		if got, want := rt.insts[rt.owner(uint32(s))].ID, nt.ids[nt.table[s]]; got != want {
@@ -212,12 +261,34 @@ func checkAgainstNaive(t *testing.T, insts []Instance, keys []string) {
 		if ok != wok || got.ID != want {
 			t.Fatalf("pick(%q) = %q %v, naive %q %v", k, got.ID, ok, want, wok)
 		}
-		var ids []string
-		for _, in := range rt.pickN(k, 5) {
-			ids = append(ids, in.ID)
-		}
-		if want := nt.pickN(k, 5); !slices.Equal(ids, want) {
+		if ids, want := instIDs(rt.pickN(k, 5)), nt.pickN(k, 5); !slices.Equal(ids, want) {
 			t.Fatalf("pickN(%q, 5) = %q, naive %q", k, ids, want)
+		}
+	}
+	// Other answers: everyone, a pseudo-random two thirds or one in 20 (by
+	// ID), only one.
+	servings := map[string]func(string) bool{
+		"all":        func(string) bool { return true },
+		"two thirds": func(id string) bool { return naiveHash32("serves?"+id)%3 != 0 },
+		"one in 20":  func(id string) bool { return naiveHash32("serves?"+id)%20 == 0 },
+	}
+	for o := len(nt.ids) / 2; o < len(nt.ids); o++ {
+		if nt.owns[o] {
+			one := nt.ids[o]
+			servings["only "+one] = func(id string) bool { return id == one }
+			break
+		}
+	}
+	for name, serving := range servings {
+		for _, k := range keys[:min(len(keys), 200)] {
+			got, ok := rt.pickFunc(k, serving)
+			want, wok := nt.pickBy(k, serving)
+			if ok != wok || got.ID != want {
+				t.Fatalf("%s: pickFunc(%q) = %q %v, naive %q %v", name, k, got.ID, ok, want, wok)
+			}
+			if ids, want := instIDs(rt.pickNFunc(k, 4, serving)), nt.pickNBy(k, 4, serving); !slices.Equal(ids, want) {
+				t.Fatalf("%s: pickNFunc(%q, 4) = %q, naive %q", name, k, ids, want)
+			}
 		}
 	}
 }
@@ -275,7 +346,8 @@ func TestRoutePrimes(t *testing.T) {
 	}
 }
 
-// goldenInsts are the instances of the spec's test vectors: 8 eligible, 3 not.
+// goldenInsts are the instances of the spec's test vectors: 10 in the table
+// (8 Serving, 1 Draining, 1 Unhealthy), 1 not (weight 0).
 func goldenInsts() []Instance {
 	ins := []Instance{
 		routeInst("game-eu-01", "1"),
@@ -296,57 +368,87 @@ func goldenInsts() []Instance {
 	return ins
 }
 
-// goldenPicks: key -> PickN(key, 3), the first being Pick(key). Computed by the
-// Node.js reference implementation of the README (Pick: the algorithm, to the bit).
-var goldenPicks = []struct{ key, pick3 string }{
-	{"", "game-us-02,game-ap-02,game-us-01"},
-	{"a", "game-eu-02,game-us-02,game-ap-02"},
-	{"player-0", "game-us-02,game-ap-02,game-eu-02"},
-	{"player-1", "game-eu-03,game-ap-02,game-us-02"},
-	{"player-2", "game-ap-02,gs-é,game-us-02"},
-	{"player-3", "game-eu-02,game-us-02,gs-é"},
-	{"player-42", "game-eu-03,game-ap-02,gs-é"},
-	{"player-99999", "game-us-02,game-us-01,game-eu-03"},
-	{"玩家", "gs-é,game-eu-02,game-us-02"},
-	{"room:7", "game-us-02,game-ap-02,game-eu-03"},
-	{"match/eu/123", "gs-é,game-us-02,game-ap-02"},
-	{"guild-alpha", "game-ap-01,game-ap-02,game-eu-03"},
-	{"u1", "gs-é,game-eu-02,game-ap-02"},
-	{"u2", "game-us-02,game-ap-02,game-eu-03"},
-	{"u3", "game-us-01,game-ap-02,game-eu-03"},
-	{"session-deadbeef", "game-ap-01,game-eu-03,game-eu-02"},
-	{"x", "game-eu-02,game-eu-03,gs-é"},
-	{"Zürich", "gs-é,game-eu-03,game-eu-02"},
-	{"player-1000", "game-ap-02,game-eu-02,game-eu-01"},
-	{"player-12345", "game-ap-02,game-eu-02,gs-é"},
+// goldenPicks: key -> slot(key), the owner of that slot, PickN(key, 3) (the
+// first being Pick(key)), and Pick(key) when game-us-02 drains too (the same
+// table). Computed by the Node.js reference implementation of the README
+// (Pick: the algorithm, to the bit) and by the naive implementation above.
+var goldenPicks = []struct {
+	key        string
+	slot       uint32
+	slotOwner  string
+	pick3      string
+	usDraining string
+}{
+	{"", 499064, "game-us-02", "game-us-02,game-ap-02,game-us-01", "game-ap-02"},
+	{"a", 298821, "game-eu-02", "game-eu-02,game-us-02,game-ap-02", "game-eu-02"},
+	{"player-0", 67391, "game-us-02", "game-us-02,game-ap-02,game-eu-02", "game-ap-02"},
+	{"player-1", 289676, "game-eu-03", "game-eu-03,game-ap-02,game-us-02", "game-eu-03"},
+	{"player-2", 444663, "game-ap-02", "game-ap-02,gs-é,game-us-02", "game-ap-02"},
+	{"player-3", 352735, "game-eu-02", "game-eu-02,game-us-02,gs-é", "game-eu-02"},
+	{"player-42", 429855, "game-eu-03", "game-eu-03,game-ap-02,gs-é", "game-eu-03"},
+	{"player-99999", 164298, "game-us-02", "game-us-02,game-us-01,game-eu-03", "game-us-01"},
+	{"玩家", 519012, "gs-é", "gs-é,game-eu-02,game-us-02", "gs-é"},
+	{"room:7", 234407, "game-us-02", "game-us-02,game-ap-02,game-eu-03", "game-ap-02"},
+	{"match/eu/123", 137489, "gs-é", "gs-é,game-us-02,game-ap-02", "gs-é"},
+	{"guild-alpha", 425417, "game-ap-01", "game-ap-01,game-ap-02,game-eu-03", "game-ap-01"},
+	{"u1", 164252, "gs-é", "gs-é,game-eu-02,game-ap-02", "gs-é"},
+	{"u2", 314793, "game-us-02", "game-us-02,game-eu-03,game-ap-02", "game-eu-03"},
+	{"u3", 46755, "game-us-01", "game-us-01,game-ap-02,game-eu-03", "game-us-01"},
+	{"session-deadbeef", 200589, "game-ap-01", "game-ap-01,game-eu-03,game-eu-02", "game-ap-01"},
+	{"x", 309408, "game-eu-02", "game-eu-02,game-eu-03,gs-é", "game-eu-02"},
+	{"Zürich", 578630, "gs-é", "gs-é,game-eu-03,game-eu-02", "gs-é"},
+	{"player-1000", 354251, "game-ap-02", "game-ap-02,game-eu-02,game-eu-01", "game-ap-02"},
+	{"player-12345", 608327, "game-ap-02", "game-ap-02,game-eu-02,gs-é", "game-ap-02"},
+	{"player-34", 424343, "game-eu-04", "gs-é,game-eu-02,game-us-02", "gs-é"},
+	{"player-41", 351167, "game-eu-04", "game-eu-01,game-us-02,game-eu-02", "game-eu-01"},
+	{"player-65", 315664, "game-ap-03", "game-us-02,game-ap-02,game-eu-03", "game-ap-02"},
+	{"player-75", 539142, "game-ap-03", "game-ap-02,game-eu-03,game-us-02", "game-ap-02"},
+	{"player-286", 633057, "game-eu-04", "game-eu-02,game-ap-02,game-eu-03", "game-eu-02"},
+	{"player-647", 214569, "game-ap-03", "game-eu-03,game-ap-02,game-eu-02", "game-eu-03"},
 }
 
 // goldenSlots: the slots each instance owns (M = 655373, quotas of weights
-// 1,2,3,1,5,1,4,2 out of 19).
+// 1,4,1,1,2,3,1,1,5,2 out of 21, in ID order).
 var goldenSlots = map[string]int{
-	"game-ap-01": 34494, "game-ap-02": 137974, "game-eu-01": 34494, "game-eu-02": 68987,
-	"game-eu-03": 103479, "game-us-01": 34493, "game-us-02": 172466, "gs-é": 68986,
+	"game-ap-01": 31209, "game-ap-02": 124833, "game-ap-03": 31209, "game-eu-01": 31209,
+	"game-eu-02": 62416, "game-eu-03": 93624, "game-eu-04": 31208, "game-us-01": 31208,
+	"game-us-02": 156041, "gs-é": 62416,
 }
 
 func TestRouteGoldenVectors(t *testing.T) {
+	usDraining := func(in Instance) bool { return in.State == Serving && in.ID != "game-us-02" }
 	for seed := int64(0); seed < 3; seed++ {
 		insts := shuffled(goldenInsts(), seed)
 		rt := newRouteTable(insts)
-		if rt.m != 655373 || len(rt.insts) != 8 || rt.holders != 8 {
-			t.Fatalf("M %d, %d eligible, %d holders; want 655373, 8, 8", rt.m, len(rt.insts), rt.holders)
+		if rt.m != 655373 || len(rt.insts) != 10 || rt.holders != 10 {
+			t.Fatalf("M %d, %d instances, %d holders; want 655373, 10, 10", rt.m, len(rt.insts), rt.holders)
+		}
+		state := map[string]Instance{}
+		for _, in := range insts {
+			state[in.ID] = in
 		}
 		for _, g := range goldenPicks {
-			in, ok := rt.pick(g.key)
-			want := bytes.Split([]byte(g.pick3), []byte(","))
-			if !ok || in.ID != string(want[0]) {
+			if s := hash32(g.key) % rt.m; s != g.slot || rt.insts[rt.owner(s)].ID != g.slotOwner {
+				t.Errorf("slot(%q) = %d owned by %s, want %d owned by %s", g.key, s, rt.insts[rt.owner(s)].ID, g.slot, g.slotOwner)
+			}
+			want := strings.Split(g.pick3, ",")
+			if in, ok := rt.pick(g.key); !ok || in.ID != want[0] {
 				t.Errorf("pick(%q) = %q %v, want %q", g.key, in.ID, ok, want[0])
 			}
-			var ids []string
-			for _, in := range rt.pickN(g.key, 3) {
-				ids = append(ids, in.ID)
+			if got := instIDs(rt.pickN(g.key, 3)); !slices.Equal(got, want) {
+				t.Errorf("pickN(%q, 3) = %q, want %q", g.key, got, want)
 			}
-			if got := fmt.Sprint(ids); got != fmt.Sprint(bytesToStrings(want)) {
-				t.Errorf("pickN(%q, 3) = %s, want %s", g.key, got, g.pick3)
+			// The same through pickFunc and pickNFunc, asking the states.
+			serving := func(id string) bool { return state[id].State == Serving }
+			if in, ok := rt.pickFunc(g.key, serving); !ok || in.ID != want[0] {
+				t.Errorf("pickFunc(%q) = %q %v, want %q", g.key, in.ID, ok, want[0])
+			}
+			if got := instIDs(rt.pickNFunc(g.key, 3, serving)); !slices.Equal(got, want) {
+				t.Errorf("pickNFunc(%q, 3) = %q, want %q", g.key, got, want)
+			}
+			// game-us-02 drains: the same table, asked otherwise.
+			if in, ok := rt.pickFunc(g.key, func(id string) bool { return usDraining(state[id]) }); !ok || in.ID != g.usDraining {
+				t.Errorf("game-us-02 draining: pickFunc(%q) = %q %v, want %q", g.key, in.ID, ok, g.usDraining)
 			}
 		}
 		count := map[string]int{}
@@ -362,14 +464,12 @@ func TestRouteGoldenVectors(t *testing.T) {
 		keys = append(keys, g.key)
 	}
 	checkAgainstNaive(t, goldenInsts(), append(keys, playerKeys(2000)...))
-}
-
-func bytesToStrings(bs [][]byte) []string {
-	out := make([]string, len(bs))
-	for i, b := range bs {
-		out[i] = string(b)
+	nt := naiveBuild(goldenInsts())
+	for _, g := range goldenPicks {
+		if id, _ := nt.pickBy(g.key, func(id string) bool { return id != "game-us-02" && nt.servingByState(id) }); id != g.usDraining {
+			t.Errorf("naive, game-us-02 draining: pick(%q) = %q, want %q", g.key, id, g.usDraining)
+		}
 	}
-	return out
 }
 
 // TestRouteAgainstNaive compares the implementation with the naive one on
@@ -380,7 +480,7 @@ func TestRouteAgainstNaive(t *testing.T) {
 		var insts []Instance
 		for i := 0; i < n; i++ {
 			in := routeInst(fmt.Sprintf("srv-%x", r.Int63()), strconv.Itoa(r.Intn(12)))
-			in.State = State(r.Intn(4) / 3) // mostly Serving
+			in.State = State(r.Intn(6) / 3 * r.Intn(4)) // half Serving, the rest any, unknown included
 			insts = append(insts, in)
 		}
 		checkAgainstNaive(t, insts, playerKeys(500))
@@ -390,6 +490,12 @@ func TestRouteAgainstNaive(t *testing.T) {
 	// Shares of 1 slot (c) and none (b): pickN scans about half the table to
 	// find c, so few keys.
 	checkAgainstNaive(t, []Instance{routeInst("a", "999983"), routeInst("b", "1"), routeInst("c", "2")}, playerKeys(20))
+	// Nothing serves.
+	none := equalInsts(30)
+	for i := range none {
+		none[i].State = Draining
+	}
+	checkAgainstNaive(t, none, playerKeys(5))
 }
 
 // --- Properties -------------------------------------------------------------
@@ -417,7 +523,9 @@ func TestRouteDeterministic(t *testing.T) {
 	}
 }
 
-func TestRouteEligible(t *testing.T) {
+// TestRouteStates: every instance of positive weight is in the table, whatever
+// its State; only the Serving ones get keys.
+func TestRouteStates(t *testing.T) {
 	insts := []Instance{
 		routeInst("serving", ""),
 		routeInst("serving-2", "2"),
@@ -430,6 +538,9 @@ func TestRouteEligible(t *testing.T) {
 	insts[3].State = Unhealthy
 	insts[5].State = State(9)
 	rt := newRouteTable(insts)
+	if got := instIDs(rt.insts); !slices.Equal(got, []string{"draining", "odd-state", "serving", "serving-2", "unhealthy"}) || rt.holders != 5 {
+		t.Fatalf("table of %q, %d holders; want all but zero", got, rt.holders)
+	}
 	got := map[string]int{}
 	for _, k := range playerKeys(10000) {
 		in, ok := rt.pick(k)
@@ -442,26 +553,159 @@ func TestRouteEligible(t *testing.T) {
 		t.Fatalf("keys went to %v, want serving and serving-2 only", got)
 	}
 	for _, k := range playerKeys(100) {
-		for _, in := range rt.pickN(k, 10) {
-			if in.ID != "serving" && in.ID != "serving-2" {
-				t.Fatalf("pickN(%q) gave %s", k, in.ID)
-			}
+		if ids := instIDs(rt.pickN(k, 10)); len(ids) != 2 || !slices.Contains(ids, "serving") || !slices.Contains(ids, "serving-2") {
+			t.Fatalf("pickN(%q, 10) = %q, want serving and serving-2", k, ids)
 		}
 	}
 
-	// Nobody eligible, no table, nothing.
+	// Nobody serves, no table, nothing.
 	for name, rt := range map[string]*routeTable{
-		"none eligible": newRouteTable(insts[2:]),
+		"none serves":   newRouteTable(insts[2:]),
+		"none weighs":   newRouteTable(insts[4:5]),
 		"empty":         newRouteTable(nil),
 		"nil":           nil,
+		"serving false": rt,
 	} {
-		if in, ok := rt.pick("player-1"); ok || in.ID != "" {
-			t.Errorf("%s: pick = %q %v, want false", name, in.ID, ok)
+		never := func(string) bool { return false }
+		if name != "serving false" {
+			if in, ok := rt.pick("player-1"); ok || in.ID != "" {
+				t.Errorf("%s: pick = %q %v, want false", name, in.ID, ok)
+			}
+			if got := rt.pickN("player-1", 3); len(got) != 0 {
+				t.Errorf("%s: pickN = %v, want none", name, got)
+			}
 		}
-		if got := rt.pickN("player-1", 3); len(got) != 0 {
-			t.Errorf("%s: pickN = %v, want none", name, got)
+		if in, ok := rt.pickFunc("player-1", never); ok || in.ID != "" {
+			t.Errorf("%s: pickFunc = %q %v, want false", name, in.ID, ok)
+		}
+		if got := rt.pickNFunc("player-1", 3, never); len(got) != 0 {
+			t.Errorf("%s: pickNFunc = %v, want none", name, got)
 		}
 	}
+}
+
+// TestRouteStateSameTable: instances that differ only in State make the same
+// table, so a change of State needs no new table.
+func TestRouteStateSameTable(t *testing.T) {
+	r := rand.New(rand.NewSource(11))
+	sets := [][]Instance{goldenInsts(), equalInsts(100)}
+	var random []Instance
+	for i := 0; i < 300; i++ {
+		random = append(random, routeInst(fmt.Sprintf("gs-%x", r.Int63()), strconv.Itoa(r.Intn(8))))
+	}
+	sets = append(sets, random)
+	for _, base := range sets {
+		want := newRouteTable(base)
+		for trial := 0; trial < 4; trial++ {
+			other := slices.Clone(base)
+			for i := range other {
+				other[i].State = State(r.Intn(4)) // unknown included
+			}
+			got := newRouteTable(other)
+			if got.m != want.m || got.holders != want.holders || !slices.Equal(instIDs(got.insts), instIDs(want.insts)) {
+				t.Fatalf("%d instances: M %d, %d holders, %d in the table; want %d, %d, %d", len(base),
+					got.m, got.holders, len(got.insts), want.m, want.holders, len(want.insts))
+			}
+			if !slices.Equal(got.slots16, want.slots16) || !slices.Equal(got.slots32, want.slots32) {
+				t.Fatalf("%d instances: other States, other slots", len(base))
+			}
+		}
+	}
+}
+
+// TestRouteDrainMovesOnlyItsKeys: when one of 100 equal instances drains (or
+// turns Unhealthy, or to a state the reader does not know), exactly its keys
+// move, each to the owner of the first following slot that serves, and no
+// other key moves; PickN only drops it. The same whether the table is rebuilt
+// with the new State or kept and asked (pickFunc).
+func TestRouteDrainMovesOnlyItsKeys(t *testing.T) {
+	keys := playerKeys(100000)
+	all := equalInsts(100)
+	base := newRouteTable(all)
+	owners := make([]string, len(keys))
+	for i, k := range keys {
+		in, _ := base.pick(k)
+		owners[i] = in.ID
+	}
+	for _, c := range []struct {
+		drain int
+		state State
+	}{{0, Draining}, {13, Unhealthy}, {42, Draining}, {77, State(7)}, {99, Draining}} {
+		id := all[c.drain].ID
+		changed := slices.Clone(all)
+		changed[c.drain].State = c.state
+		rebuilt := newRouteTable(changed)
+		if !slices.Equal(rebuilt.slots16, base.slots16) {
+			t.Fatalf("%s %v: the table changed", id, c.state)
+		}
+		serving := func(x string) bool { return x != id }
+		mine, moved := 0, 0
+		for i, k := range keys {
+			got, _ := rebuilt.pick(k)
+			kept, _ := base.pickFunc(k, serving)
+			if got.ID != kept.ID {
+				t.Fatalf("%q: %s rebuilt, %s with pickFunc", k, got.ID, kept.ID)
+			}
+			if got.ID != owners[i] {
+				moved++
+			}
+			if owners[i] != id {
+				if got.ID != owners[i] {
+					t.Fatalf("%s %v: %q moved from %s, which serves, to %s", id, c.state, k, owners[i], got.ID)
+				}
+				continue
+			}
+			mine++
+			// The owner of the first following slot not id's.
+			s := hash32(k) % base.m
+			for base.insts[base.owner(s)].ID == id {
+				s = (s + 1) % base.m
+			}
+			if want := base.insts[base.owner(s)].ID; got.ID != want {
+				t.Fatalf("%s %v: %q went to %s, want %s (slot %d)", id, c.state, k, got.ID, want, s)
+			}
+			if i%50 == 0 { // PickN: the same, less id
+				var want []string
+				for _, x := range instIDs(base.pickN(k, 4)) {
+					if x != id {
+						want = append(want, x)
+					}
+				}
+				if ids := instIDs(rebuilt.pickN(k, 3)); !slices.Equal(ids, want[:3]) {
+					t.Fatalf("%s %v: pickN(%q, 3) = %q, want %q", id, c.state, k, ids, want[:3])
+				}
+				if ids := instIDs(base.pickNFunc(k, 3, serving)); !slices.Equal(ids, want[:3]) {
+					t.Fatalf("%s %v: pickNFunc(%q, 3) = %q, want %q", id, c.state, k, ids, want[:3])
+				}
+			}
+		}
+		if moved != mine || mine == 0 {
+			t.Fatalf("%s %v: %d keys moved, it owned %d", id, c.state, moved, mine)
+		}
+		t.Logf("%s %v: %d keys moved (%.3f%%), all of them its own", id, c.state, moved, 100*float64(moved)/float64(len(keys)))
+	}
+
+	// Ten drain at once: the keys of the 90 others stay.
+	changed := slices.Clone(all)
+	drained := map[string]bool{}
+	for i := 5; i < 100; i += 10 {
+		changed[i].State = Draining
+		drained[changed[i].ID] = true
+	}
+	rt := newRouteTable(changed)
+	moved := 0
+	for i, k := range keys {
+		got, _ := rt.pick(k)
+		switch {
+		case drained[got.ID]:
+			t.Fatalf("%q went to the draining %s", k, got.ID)
+		case !drained[owners[i]] && got.ID != owners[i]:
+			t.Fatalf("%q moved from %s, which serves, to %s", k, owners[i], got.ID)
+		case got.ID != owners[i]:
+			moved++
+		}
+	}
+	t.Logf("10 of 100 drain: %d keys moved (%.2f%%), all theirs", moved, 100*float64(moved)/float64(len(keys)))
 }
 
 // TestRouteMovement: when one of 100 equal instances leaves, at most 1.5% of
@@ -681,12 +925,12 @@ func TestRoutePickN(t *testing.T) {
 	insts[3].State = Draining
 	insts[7].Meta = map[string]string{"weight": "3"}
 	rt := newRouteTable(insts)
-	eligible := 19
+	serving := 19
 	for _, k := range playerKeys(300) {
 		owner, _ := rt.pick(k)
 		for _, n := range []int{-1, 0, 1, 2, 3, 8, 9, 19, 25} {
 			got := rt.pickN(k, n)
-			if want := max(0, min(n, eligible)); len(got) != want {
+			if want := max(0, min(n, serving)); len(got) != want {
 				t.Fatalf("pickN(%q, %d): %d instances, want %d", k, n, len(got), want)
 			}
 			if n > 0 && got[0].ID != owner.ID {
@@ -700,7 +944,7 @@ func TestRoutePickN(t *testing.T) {
 				seen[in.ID] = true
 			}
 			if n > 1 && len(got) > 1 { // a prefix of the longer answer
-				if longer := rt.pickN(k, n+1); longer[1].ID != got[1].ID {
+				if longer := rt.pickN(k, n+1); !slices.Equal(instIDs(longer[:len(got)]), instIDs(got)) {
 					t.Fatalf("pickN(%q, %d) is not a prefix of pickN(%q, %d)", k, n, k, n+1)
 				}
 			}
@@ -708,22 +952,65 @@ func TestRoutePickN(t *testing.T) {
 	}
 }
 
-func TestRoutePickAllocs(t *testing.T) {
-	rt := newRouteTable(equalInsts(1000))
-	keys := playerKeys(64)
-	i := 0
-	if a := testing.AllocsPerRun(1000, func() {
-		if _, ok := rt.pick(keys[i%len(keys)]); !ok {
-			t.Fatal("no pick")
+// TestRoutePickFuncAsks: serving is asked once when the owner serves, and
+// at most about once per instance when nothing serves (not once per slot),
+// whatever the size of the table; pickNFunc asks each instance once.
+func TestRoutePickFuncAsks(t *testing.T) {
+	for _, n := range []int{1, 3, 100, 2000} {
+		rt := newRouteTable(equalInsts(n))
+		asks := 0
+		yes := func(string) bool { asks++; return true }
+		no := func(string) bool { asks++; return false }
+		for _, k := range playerKeys(50) {
+			asks = 0
+			if _, ok := rt.pickFunc(k, yes); !ok || asks != 1 {
+				t.Fatalf("%d instances, all serving: pickFunc(%q) %v after %d questions, want 1", n, k, ok, asks)
+			}
+			asks = 0
+			most := n // tables of up to 64 remember all they asked
+			if n > 64 {
+				most = routeShortWalk + n
+			}
+			if _, ok := rt.pickFunc(k, no); ok || asks > most {
+				t.Fatalf("%d instances, none serving: pickFunc(%q) %v after %d questions, want false after at most %d", n, k, ok, asks, most)
+			}
+			asks = 0
+			if got := rt.pickNFunc(k, 3, no); len(got) != 0 || asks != n {
+				t.Fatalf("%d instances, none serving: pickNFunc(%q) = %d after %d questions, want none after %d", n, k, len(got), asks, n)
+			}
 		}
-		i++
-	}); a != 0 {
-		t.Errorf("pick allocates %.1f times", a)
+	}
+}
+
+func TestRoutePickAllocs(t *testing.T) {
+	insts := equalInsts(1000)
+	rt := newRouteTable(insts)
+	keys := playerKeys(64)
+	// As route.go asks: the state in a map, read at each question.
+	view := map[string]State{}
+	for _, in := range insts {
+		view[in.ID] = Serving
+	}
+	serving := func(id string) bool { s, ok := view[id]; return ok && s == Serving }
+	i := 0
+	for name, f := range map[string]func(){
+		"pick":     func() { rt.pick(keys[i%len(keys)]) },
+		"pickFunc": func() { rt.pickFunc(keys[i%len(keys)], serving) },
+		"pickFunc, owner draining": func() {
+			owner, _ := rt.pick(keys[i%len(keys)])
+			rt.pickFunc(keys[i%len(keys)], func(id string) bool { return id != owner.ID && serving(id) })
+		},
+		"pickFunc, none serving": func() { rt.pickFunc(keys[i%len(keys)], func(string) bool { return false }) },
+	} {
+		if a := testing.AllocsPerRun(500, func() { f(); i++ }); a != 0 {
+			t.Errorf("%s allocates %.1f times", name, a)
+		}
 	}
 }
 
 // TestRoutePopulateWide checks the uint32 slots (tables of over 65535
-// instances) against the uint16 ones on the same input.
+// instances) against the uint16 ones on the same input, and the walk past
+// owners that do not serve in a table too large to remember them.
 func TestRoutePopulateWide(t *testing.T) {
 	insts := shuffled(goldenInsts(), 1)
 	rt := newRouteTable(insts)
@@ -744,12 +1031,32 @@ func TestRoutePopulateWide(t *testing.T) {
 			t.Fatalf("slot %d: %d (uint32) vs %d (uint16)", s, o, rt.slots16[s])
 		}
 	}
-	wideTable := &routeTable{insts: rt.insts, m: rt.m, slots32: wide, holders: rt.holders}
+	// Past routeMemoOwners instances (these extra ones own no slot).
+	many, holds := slices.Clone(rt.insts), slices.Clone(rt.holds)
+	for len(many) <= routeMemoOwners {
+		many = append(many, routeInst("zz-"+strconv.Itoa(len(many)), ""))
+		holds = append(holds, false)
+	}
+	wideTable := &routeTable{insts: many, m: rt.m, slots32: wide, holds: holds, holders: rt.holders}
+	only := func(id string) func(string) bool { return func(x string) bool { return x == id } }
 	for _, k := range playerKeys(1000) {
 		a, _ := rt.pick(k)
 		b, _ := wideTable.pick(k)
 		if a.ID != b.ID {
 			t.Fatalf("pick(%q): %s vs %s", k, a.ID, b.ID)
+		}
+		if a, b := instIDs(rt.pickN(k, 4)), instIDs(wideTable.pickN(k, 4)); !slices.Equal(a, b) {
+			t.Fatalf("pickN(%q, 4): %q vs %q", k, a, b)
+		}
+	}
+	for _, k := range playerKeys(20) {
+		a, _ := rt.pickFunc(k, only("game-eu-01"))
+		b, _ := wideTable.pickFunc(k, only("game-eu-01"))
+		if a.ID != "game-eu-01" || b.ID != "game-eu-01" {
+			t.Fatalf("only game-eu-01 serves: pickFunc(%q) = %s, %s", k, a.ID, b.ID)
+		}
+		if _, ok := wideTable.pickFunc(k, only("")); ok {
+			t.Fatalf("none serves: pickFunc(%q) finds one", k)
 		}
 	}
 }

@@ -24,10 +24,10 @@ type registry struct {
 	tables map[string]map[string]*entry // a table is present once it is loaded
 	emit   func(key string, latest *Instance)
 	held   int // entries with heldUntil set, so that releaseHolds is free when none are
-	// routeGen counts the changes to who takes each table's keys (an
-	// instance that serves with a positive weight came, went, or changed its
-	// weight); routes holds the routing table built last, with the count it
-	// was built at. See route.go.
+	// routeGen counts the changes of each table's routing table (an instance
+	// of positive weight came or went, or a weight changed; not a change of
+	// State); routes holds the routing table built last, with the count it was
+	// built at. See route.go.
 	routeGen map[string]uint64
 	routes   map[string]builtRoute
 	buildMu  sync.Mutex // one routing table build at a time
@@ -136,8 +136,9 @@ func (r *registry) putLocked(view map[string]*entry, inst Instance) {
 	r.emit(inst.Key(), &inst)
 }
 
-// routingChanged counts a change of the table's routing if going from old to
-// cur (a zero Instance: absent) changes who takes keys or with what weight.
+// routingChanged counts a change of the table's routing table if going from
+// old to cur (a zero Instance: absent) changes who is in it or with what
+// weight.
 func (r *registry) routingChanged(old, cur Instance) {
 	if routeWeight(old) == routeWeight(cur) {
 		return
@@ -149,10 +150,11 @@ func (r *registry) routingChanged(old, cur Instance) {
 	}
 }
 
-// routeWeight is the weight an instance takes keys with: 0 unless present,
-// Serving and of positive weight.
+// routeWeight is an instance's weight in its table's routing table: 0 when
+// absent. The State does not count: a draining instance keeps its slots and is
+// passed over at Pick, so that only its own keys move (route.go).
 func routeWeight(i Instance) int {
-	if i.ID == "" || i.State != Serving {
+	if i.ID == "" {
 		return 0
 	}
 	return i.Weight()

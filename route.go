@@ -1,13 +1,14 @@
 package svcwatch
 
 // route.go: Pick and PickN over a table's routing table (pick.go). A table's
-// routing table is built when a Pick needs it and the table's routing changed
+// routing table holds every instance of positive weight, whatever its State;
+// Pick passes over the owners that do not serve now, so a drain moves only the
+// drained instance's keys and a change of State rebuilds nothing. The table is
+// built when a Pick needs it and the table's membership or weights changed
 // since the last build (registry.routeGen): at most once per batch of changes,
 // and never by a process that does not Pick. Builds run on the calling
 // goroutine, one at a time, outside the registry lock; event delivery takes no
-// lock that Pick holds. An owner that left or stopped serving since the build
-// is passed over for the next slot's owner, so a route a change made stale is
-// never wrong, only briefly less even.
+// lock that Pick holds.
 
 // route returns the routing table of a loaded table, built for its current
 // routing, or nil when the table is not loaded.
@@ -37,6 +38,7 @@ func (r *registry) route(table string) *routeTable {
 			insts = append(insts, e.inst)
 		}
 	}
+	// (The table is built over these whatever their State; see pick.go.)
 	r.mu.RUnlock()
 	rt := newRouteTable(insts)
 	r.mu.Lock()
@@ -47,30 +49,28 @@ func (r *registry) route(table string) *routeTable {
 	return rt
 }
 
-// pick returns the instance that owns key in table, fresh from the view, with
-// a Meta of the caller's own.
+// serves reports whether id serves now in view: present, Serving, of
+// positive weight. The routing table may be older than the view.
+func serves(view map[string]*entry, id string) bool {
+	e := view[id]
+	return e != nil && e.inst.State == Serving && e.inst.Weight() > 0
+}
+
+// pick returns the serving instance that owns key in table, fresh from the
+// view, with a Meta of the caller's own.
 func (r *registry) pick(table, key string) (Instance, bool) {
 	rt := r.route(table)
 	if rt == nil {
 		return Instance{}, false
 	}
-	owner, ok := rt.pick(key)
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	view := r.tables[table]
+	owner, ok := rt.pickFunc(key, func(id string) bool { return serves(view, id) })
 	if !ok {
 		return Instance{}, false
 	}
-	r.mu.RLock()
-	e := r.tables[table][owner.ID]
-	if e != nil && routeWeight(e.inst) > 0 {
-		inst := e.inst.clone()
-		r.mu.RUnlock()
-		return inst, true
-	}
-	r.mu.RUnlock()
-	// The owner changed since the build: the next serving owner in slot order.
-	if next := r.pickN(table, key, 1); len(next) == 1 {
-		return next[0], true
-	}
-	return Instance{}, false
+	return view[owner.ID].inst.clone(), true
 }
 
 // pickN returns up to n distinct serving instances for key, the owner first.
@@ -79,17 +79,13 @@ func (r *registry) pickN(table, key string, n int) []Instance {
 	if rt == nil || n <= 0 {
 		return nil
 	}
-	candidates := rt.pickN(key, len(rt.insts))
-	out := make([]Instance, 0, min(n, len(candidates)))
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	for _, c := range candidates {
-		if e := r.tables[table][c.ID]; e != nil && routeWeight(e.inst) > 0 {
-			out = append(out, e.inst.clone())
-			if len(out) == n {
-				break
-			}
-		}
+	view := r.tables[table]
+	picked := rt.pickNFunc(key, n, func(id string) bool { return serves(view, id) })
+	out := make([]Instance, len(picked))
+	for i, p := range picked {
+		out[i] = view[p.ID].inst.clone()
 	}
 	return out
 }

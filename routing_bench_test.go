@@ -3,6 +3,8 @@ package svcwatch
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -111,4 +113,34 @@ func BenchmarkHealthToPeer(b *testing.B) {
 		b.StartTimer()
 	}
 	b.ReportMetric(float64(total)/float64(b.N)/float64(keepAlive), "keepalives/op")
+}
+
+// BenchmarkWatcherPick: Pick through a watcher's view (read lock, the routing
+// table lookup, the owner's copy), instances without Meta, the table built.
+func BenchmarkWatcherPick(b *testing.B) {
+	for _, n := range []int{10, 100, 1000, 10000} {
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			w, hooks, err := NewServiceWatcher(Instance{Table: "t"}, WatchOnly(), WithLogger(quietLogger()))
+			if err != nil {
+				b.Fatal(err)
+			}
+			insts := make([]Instance, n)
+			for i := range insts {
+				insts[i] = Instance{Table: "t", ID: fmt.Sprintf("game-%05d", i), Name: "10.0.0.1:7000", Incarnation: "x"}
+			}
+			hooks.ReplaceTable("t", insts, time.Time{})
+			w.Pick("t", "warm") // builds the routing table
+			keys := make([]string, 1024)
+			for i := range keys {
+				keys[i] = fmt.Sprintf("player-%d", i)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, ok := w.Pick("t", keys[i&1023]); !ok {
+					b.Fatal("no owner")
+				}
+			}
+		})
+	}
 }

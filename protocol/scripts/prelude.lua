@@ -37,21 +37,25 @@ end
 -- finds its registration missing and registers again.
 local damaged = false
 do
-  local want = {{kInst, 'hash'}, {kExp, 'zset'}, {kRev, 'string'}, {kEpoch, 'string'}, {kMeta, 'hash'}}
-  for _, kt in ipairs(want) do
-    local got = redis.call('TYPE', kt[1])['ok']
-    if got ~= 'none' and got ~= kt[2] then
-      redis.call('DEL', kt[1])
+  -- read calls a read command; a key of the wrong type answers an error, and
+  -- is dropped (then read again: absent).
+  local function read(cmd, key, ...)
+    local r = redis.pcall(cmd, key, ...)
+    if type(r) == 'table' and r.err then
+      redis.call('DEL', key)
       damaged = true
+      r = redis.call(cmd, key, ...)
     end
+    return r
   end
-  local rev = redis.call('GET', kRev)
+  local nInst, nExp = read('HLEN', kInst), read('ZCARD', kExp)
+  local n = tonumber(read('HGET', kMeta, 'n') or '')
+  local rev = read('GET', kRev)
   if rev and not string.match(rev, '^%d+$') then
     redis.call('DEL', kRev)
     damaged = true
   end
-  local nInst, nExp = redis.call('HLEN', kInst), redis.call('ZCARD', kExp)
-  local n = tonumber(redis.call('HGET', kMeta, 'n') or '')
+  read('GET', kEpoch)
   if nInst ~= nExp or (n ~= nil and n ~= nInst) then
     local all = redis.call('HGETALL', kInst)
     for i = 1, #all, 2 do

@@ -13,9 +13,8 @@ import (
 // The routing table behind Pick and PickN: weighted Maglev consistent hashing
 // (Eisenbud et al., "Maglev: A Fast and Reliable Software Network Load
 // Balancer", NSDI 2016), specified to the bit so that a client in another
-// language picks the same instance for the same key (the README's section
-// "Pick: the algorithm, to the bit" has the text, a JavaScript reference and
-// test vectors).
+// language picks the same instance for the same key (PROTOCOL.md, section 9,
+// has the text, a JavaScript reference and test vectors).
 //
 //   - hash32(s) = fmix32(fnv1a32(UTF-8 bytes of s)), all arithmetic mod 2^32.
 //   - In the table: every instance with Weight() > 0, whatever its State,

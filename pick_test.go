@@ -56,7 +56,7 @@ func slotOwners(rt *routeTable) []string {
 	return out
 }
 
-// --- An independent, naive implementation of the README (Pick: the algorithm, to the bit) ------------
+// --- An independent, naive implementation of PROTOCOL.md, section 9 (Pick) ---
 //
 // Written from the text of the spec, sharing no code with pick.go: the
 // standard library's FNV-1a, big integers for the weights and quotas, the
@@ -371,7 +371,7 @@ func goldenInsts() []Instance {
 // goldenPicks: key -> slot(key), the owner of that slot, PickN(key, 3) (the
 // first being Pick(key)), and Pick(key) when game-us-02 drains too (the same
 // table). Computed by the Node.js reference implementation of the README
-// (Pick: the algorithm, to the bit) and by the naive implementation above.
+// (PROTOCOL.md, section 9) and by the naive implementation above.
 var goldenPicks = []struct {
 	key        string
 	slot       uint32

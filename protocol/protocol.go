@@ -21,7 +21,7 @@ const (
 	SuffixExp     = "exp"   // ZSET id -> deadline, Redis server ms
 	SuffixRev     = "rev"   // STRING: revision, +1 per change
 	SuffixEpoch   = "epoch" // STRING: random token; a new one means the data was lost or restored
-	SuffixMeta    = "meta"  // HASH: last, guard (server ms), tok (token of the latest change)
+	SuffixMeta    = "meta"  // HASH: last, guard (server ms), tok (token of the latest change), n (records)
 	SuffixChannel = "ch"    // channel: one message per change
 )
 

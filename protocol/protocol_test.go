@@ -1,8 +1,13 @@
 package protocol
 
 import (
+	"crypto/sha1"
 	"errors"
+	"fmt"
+	"os"
 	"reflect"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -66,5 +71,29 @@ func TestScriptsShareThePrelude(t *testing.T) {
 		if !strings.HasPrefix(src, prelude) || len(src) == len(prelude) {
 			t.Errorf("%s: not the prelude followed by a body", name)
 		}
+	}
+}
+
+// TestProtocolDocScriptDigests keeps PROTOCOL.md's table of script sizes and
+// SHA-1s true: a client in another language checks its bytes against it.
+func TestProtocolDocScriptDigests(t *testing.T) {
+	doc, err := os.ReadFile("../PROTOCOL.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := regexp.MustCompile("(?m)^\\| (register|heartbeat|update|deregister|check|load) \\| ([0-9]+) \\| `([0-9a-f]{40})` \\|$")
+	found := map[string]bool{}
+	scripts := map[string]string{"register": Register, "heartbeat": Heartbeat, "update": Update,
+		"deregister": Deregister, "check": Check, "load": Load}
+	for _, m := range row.FindAllStringSubmatch(string(doc), -1) {
+		name, size, digest := m[1], m[2], m[3]
+		src := scripts[name]
+		found[name] = true
+		if got := fmt.Sprintf("%x", sha1.Sum([]byte(src))); got != digest || strconv.Itoa(len(src)) != size {
+			t.Errorf("PROTOCOL.md says %s is %s bytes with SHA-1 %s; it is %d bytes, %s", name, size, digest, len(src), got)
+		}
+	}
+	if len(found) != len(scripts) {
+		t.Errorf("PROTOCOL.md lists %d of the %d scripts", len(found), len(scripts))
 	}
 }

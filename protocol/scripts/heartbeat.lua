@@ -4,7 +4,7 @@
 -- (the stored record is not the version the caller wrote last, e.g. a failover
 -- lost the latest write: write it again). The deadline is refreshed on 'ok' and
 -- 'stale'.
-local id, inc, ttl, ver = ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8]
+local id, inc, ttl, ver = ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8] or ''
 local rec = redis.call('HGET', kInst, id)
 if not rec then return 'missing' end
 if not owns(rec, inc) then return 'replaced' end

@@ -1,6 +1,5 @@
 // Pick: weighted Maglev consistent hashing over instance IDs, to the bit as
-// the Go library does it (pick.go; the README's "Pick: the algorithm, to the
-// bit"), so that Node and Go pick the same owner for every key. The table
+// the Go library does it (pick.go; PROTOCOL.md, section 9), so that Node and Go pick the same owner for every key. The table
 // holds every instance of positive weight whatever its State; Pick walks from
 // the key's slot to the first owner that serves, so that a drain moves only
 // the drained instance's keys and a change of State rebuilds nothing.

@@ -1,5 +1,5 @@
 // Pick's test vectors: the Go library's (pick_test.go, TestRouteGoldenVectors;
-// README "Pick: the algorithm, to the bit"), so that both pick alike.
+// PROTOCOL.md, section 9), so that both pick alike.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { hash32, weight, buildRoute, pickRoute, pickNRoute } from '../src/index.js';

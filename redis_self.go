@@ -81,16 +81,18 @@ func (w *RedisServiceWatcher) changeSelf(ctx context.Context, what string, chang
 	if w.conf.WatchOnly {
 		return fmt.Errorf("%w: %s on a watch-only watcher", ErrInvalid, what)
 	}
+	if err := w.lockReg(ctx); err != nil {
+		return err
+	}
+	defer w.unlockReg()
+	// Read under regLock: a Start that registers meanwhile has either
+	// registered already (then this writes) or will register this change.
 	w.mu.Lock()
 	state := w.state
 	w.mu.Unlock()
 	if state == stateStopped {
 		return ErrStopped
 	}
-	if err := w.lockReg(ctx); err != nil {
-		return err
-	}
-	defer w.unlockReg()
 	undo, err := change(w.Self())
 	if err != nil || state == stateNew {
 		return err // before Start: registered as it is when Start comes

@@ -442,3 +442,33 @@ func TestHealWrongTypeKeys(t *testing.T) {
 		})
 	}
 }
+
+// Stop keeps to its context while Redis is frozen (SIGSTOP), with a client at
+// go-redis's default timeouts.
+func TestHealStopWithRedisFrozen(t *testing.T) {
+	checkLeaks(t)
+	_, srv := faultBackend(t, redistest.ServerOptions{})
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
+	defer c.Close()
+	w, err := NewRedisServiceWatcher(c, Instance{Table: gameTable, ID: "a", Name: "127.0.0.1:1"},
+		WithTTL(time.Second), WithKeepAliveInterval(200*time.Millisecond), WithLogger(quietLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	srv.Freeze(t)
+	defer srv.Thaw(t)
+	time.Sleep(300 * time.Millisecond) // let calls pile up on the frozen server; not asserted
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	began := time.Now()
+	err = w.Stop(ctx)
+	took := time.Since(began)
+	t.Logf("Stop with a 2s context and Redis frozen took %v: %v", took, err)
+	if took > 4*time.Second {
+		t.Errorf("Stop took %v with a 2s context", took)
+	}
+	srv.Thaw(t) // the calls in flight end now, before the leak check
+}

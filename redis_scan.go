@@ -121,6 +121,7 @@ func (w *RedisServiceWatcher) resubscribe(run *running) <-chan interface{} {
 	w.log.Warn("svcwatch: the subscription delivers nothing while its tables change; subscribing again",
 		"tables", len(channels))
 	_ = old.Close()
+	run.replaced.Add(1)
 	run.drains.Add(1)
 	go func() { // see syncLoop: the old reader must not block on its channel
 		defer run.drains.Done()

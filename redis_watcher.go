@@ -70,6 +70,7 @@ type running struct {
 	msgs          <-chan interface{} // pubsub's; read by the sync loop only
 	syncDone      chan struct{}
 	drains        sync.WaitGroup // goroutines that read out replaced subscriptions
+	replaced      atomic.Int32   // subscriptions replaced, so drains may be pending
 
 	hbCancel  context.CancelFunc
 	hbCtx     context.Context
@@ -311,9 +312,11 @@ func (w *RedisServiceWatcher) shutdown(ctx context.Context, run *running) error 
 			errs = append(errs, fmt.Errorf("svcwatch: closing the subscription: %w", ctx.Err()))
 		}
 		errs = append(errs, waitDone(ctx, run.syncDone, "sync loop"))
-		drained := make(chan struct{})
-		go func() { run.drains.Wait(); close(drained) }()
-		errs = append(errs, waitDone(ctx, drained, "replaced subscriptions"))
+		if run.replaced.Load() > 0 {
+			drained := make(chan struct{})
+			go func() { run.drains.Wait(); close(drained) }()
+			errs = append(errs, waitDone(ctx, drained, "replaced subscriptions"))
+		}
 		run.stopErr = errors.Join(errs...)
 	})
 	return run.stopErr

@@ -472,3 +472,32 @@ func TestHealStopWithRedisFrozen(t *testing.T) {
 	}
 	srv.Thaw(t) // the calls in flight end now, before the leak check
 }
+
+// A script given arguments it cannot write answers an error reply and writes
+// nothing of its own: no half-written record, no revision bumped.
+func TestScriptsRefuseBadArguments(t *testing.T) {
+	b := miniBackend(t)
+	c := b.client(t)
+	ctx := context.Background()
+	keys := protocol.TableKeys(DefaultKeyPrefix, gameTable)
+	run := func(src string, args ...any) error {
+		return redis.NewScript(src).Run(ctx, c, keys.Script(), protocol.ScriptArgs(keys, 500, 16, "tok0", args...)...).Err()
+	}
+	for name, err := range map[string]error{
+		"register, ttl not a number":  run(protocol.Register, "a", "inc1", "h:1", "", "ten", 1, 0, "v1", "", ""),
+		"register, fractional ttl":    run(protocol.Register, "a", "inc1", "h:1", "", "10.5", 1, 0, "v1", "", ""),
+		"register, no incarnation":    run(protocol.Register, "a", "", "h:1", "", 1000, 1, 0, "v1", "", ""),
+		"heartbeat, ttl not a number": run(protocol.Heartbeat, "a", "inc1", "x", "v1"),
+		"update, negative ttl":        run(protocol.Update, "a", "inc1", "h:1", "", -5, "v1", "", ""),
+	} {
+		if err == nil || !strings.Contains(err.Error(), "bad arguments") {
+			t.Errorf("%s: %v, want a bad-arguments reply", name, err)
+		}
+	}
+	if n := c.HLen(ctx, keys.Inst).Val(); n != 0 {
+		t.Errorf("%d records written by refused calls", n)
+	}
+	if rev := c.Get(ctx, keys.Rev).Val(); rev != "" && rev != "0" {
+		t.Errorf("revision %q after refused calls", rev)
+	}
+}

@@ -5,6 +5,7 @@
 -- lost the latest write: write it again). The deadline is refreshed on 'ok' and
 -- 'stale'.
 local id, inc, ttl, ver = ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8] or ''
+if not validArgs(id, inc, ttl) then return redis.error_reply('svcwatch: heartbeat: bad arguments') end
 local rec = redis.call('HGET', kInst, id)
 if not rec then return 'missing' end
 if not owns(rec, inc) then return 'replaced' end

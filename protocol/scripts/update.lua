@@ -4,6 +4,7 @@
 -- Returns 'ok', 'missing' or 'replaced'.
 local id, inc, name, desc, ttl, ver = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10]
 local meta, state = ARGV[11], ARGV[12]
+if not validArgs(id, inc, ttl) then return redis.error_reply('svcwatch: update: bad arguments') end
 local old = redis.call('HGET', kInst, id)
 if not old then return 'missing' end
 if not owns(old, inc) then return 'replaced' end

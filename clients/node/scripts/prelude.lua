@@ -15,6 +15,15 @@ local channel, silence, reapLimit, epochCand = ARGV[1], tonumber(ARGV[2]), tonum
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
+-- validArgs reports whether a script's own arguments can be written: an id,
+-- an incarnation and a TTL that is a positive whole number of ms. A script
+-- checks them before it writes anything of its own, and answers an error
+-- reply instead of storing a record no reader accepts.
+local function validArgs(id, inc, ttl)
+  return type(id) == 'string' and id ~= '' and type(inc) == 'string' and inc ~= '' and
+    ttl ~= nil and ttl > 0 and ttl == math.floor(ttl)
+end
+
 local function decode(rec)
   local ok, r = pcall(cjson.decode, rec)
   if ok and type(r) == 'table' then return r end

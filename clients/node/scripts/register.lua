@@ -6,6 +6,7 @@
 -- Returns {'ok', registered-at ms} or {'dup', holder's name}.
 local id, inc, name, desc, ttl, replace = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10] == '1'
 local ver, meta, state = ARGV[12], ARGV[13], ARGV[14]
+if not validArgs(id, inc, ttl) or not tonumber(ARGV[11]) then return redis.error_reply('svcwatch: register: bad arguments') end
 local old = redis.call('HGET', kInst, id)
 local reg, op = now, 'add'
 if tonumber(ARGV[11]) > 0 then reg = tonumber(ARGV[11]) end

@@ -220,55 +220,52 @@ func TestDrain(t *testing.T) {
 // restores the state it had set, and a hung check neither delays the heartbeat
 // past its deadline nor lets the process expire.
 func TestHealthCheck(t *testing.T) {
-	for _, b := range []func(*testing.T) *backend{func(t *testing.T) *backend { return miniBackend(t) }, func(t *testing.T) *backend { return realBackend(t) }} {
-		b := b(t)
-		t.Run(b.name, func(t *testing.T) {
-			checkLeaks(t)
-			var mode atomic.Int32 // 0 pass, 1 fail, 2 hang
-			release := make(chan struct{})
-			check := func(ctx context.Context) error {
-				switch mode.Load() {
-				case 1:
-					return errors.New("game loop stuck")
-				case 2:
-					<-release // ignores ctx, as a deadlocked loop would
-				}
-				return nil
+	forEachBackend(t, func(t *testing.T, b *backend) {
+		checkLeaks(t)
+		var mode atomic.Int32 // 0 pass, 1 fail, 2 hang
+		release := make(chan struct{})
+		check := func(ctx context.Context) error {
+			switch mode.Load() {
+			case 1:
+				return errors.New("game loop stuck")
+			case 2:
+				<-release // ignores ctx, as a deadlocked loop would
 			}
-			a := b.newNode(t, gameTable, "a", WithHealthCheck(check))
-			peer := b.newNode(t, gameTable, "peer")
-			stateAt := func() State { _, s, _ := metaAt(peer, "a"); return s }
-			converge(t, []*node{peer}, gameTable, "a,peer")
+			return nil
+		}
+		a := b.newNode(t, gameTable, "a", WithHealthCheck(check))
+		peer := b.newNode(t, gameTable, "peer")
+		stateAt := func() State { _, s, _ := metaAt(peer, "a"); return s }
+		converge(t, []*node{peer}, gameTable, "a,peer")
 
-			mode.Store(1)
-			eventually(t, "unhealthy at the peer", func() bool { return stateAt() == Unhealthy })
-			if s := a.w.Stats().State; s != Unhealthy {
-				t.Errorf("Stats.State = %v", s)
-			}
-			// The state it sets is kept for when it is healthy again.
-			if err := a.w.SetState(context.Background(), Draining); err != nil {
-				t.Fatal(err)
-			}
-			mode.Store(0)
-			eventually(t, "the set state back at the peer", func() bool { return stateAt() == Draining })
-			if err := a.w.SetState(context.Background(), Serving); err != nil {
-				t.Fatal(err)
-			}
-			eventually(t, "serving at the peer", func() bool { return stateAt() == Serving })
+		mode.Store(1)
+		eventually(t, "unhealthy at the peer", func() bool { return stateAt() == Unhealthy })
+		if s := a.w.Stats().State; s != Unhealthy {
+			t.Errorf("Stats.State = %v", s)
+		}
+		// The state it sets is kept for when it is healthy again.
+		if err := a.w.SetState(context.Background(), Draining); err != nil {
+			t.Fatal(err)
+		}
+		mode.Store(0)
+		eventually(t, "the set state back at the peer", func() bool { return stateAt() == Draining })
+		if err := a.w.SetState(context.Background(), Serving); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "serving at the peer", func() bool { return stateAt() == Serving })
 
-			mode.Store(2)
-			eventually(t, "a hung check makes it unhealthy", func() bool { return stateAt() == Unhealthy })
-			hb := a.w.Stats().Heartbeats
-			eventually(t, "heartbeats go on while the check hangs", func() bool { return a.w.Stats().Heartbeats >= hb+3 })
-			b.advancePastTTL(t, 2*b.ttl, a, peer)
-			if peer.rec.has("remove", "a") {
-				t.Fatal("the process expired while its health check hung")
-			}
-			mode.Store(0)
-			close(release)
-			eventually(t, "serving again once the check returns", func() bool { return stateAt() == Serving })
-		})
-	}
+		mode.Store(2)
+		eventually(t, "a hung check makes it unhealthy", func() bool { return stateAt() == Unhealthy })
+		hb := a.w.Stats().Heartbeats
+		eventually(t, "heartbeats go on while the check hangs", func() bool { return a.w.Stats().Heartbeats >= hb+3 })
+		b.advancePastTTL(t, 2*b.ttl, a, peer)
+		if peer.rec.has("remove", "a") {
+			t.Fatal("the process expired while its health check hung")
+		}
+		mode.Store(0)
+		close(release)
+		eventually(t, "serving again once the check returns", func() bool { return stateAt() == Serving })
+	})
 }
 
 func TestBadMetaIsErrInvalid(t *testing.T) {

@@ -7,6 +7,8 @@ import (
 	"math"
 	"math/big"
 	"math/rand"
+	"os"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -1058,5 +1060,35 @@ func TestRoutePopulateWide(t *testing.T) {
 		if _, ok := wideTable.pickFunc(k, only("")); ok {
 			t.Fatalf("none serves: pickFunc(%q) finds one", k)
 		}
+	}
+}
+
+// TestProtocolDocPickVectors keeps PROTOCOL.md's table of Pick vectors equal to
+// goldenPicks, which TestRouteGoldenVectors checks against the library: a client
+// in another language tests itself against the document.
+func TestProtocolDocPickVectors(t *testing.T) {
+	doc, err := os.ReadFile("PROTOCOL.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := regexp.MustCompile("(?m)^\\| `\"(.*)\"`(?: \\([^)]*\\))? \\| ([0-9]+) \\| (\\S+) \\| (\\S+) \\| ([^|]+) \\| (\\S+) \\|$")
+	doced := map[string][]string{}
+	for _, m := range row.FindAllStringSubmatch(string(doc), -1) {
+		doced[m[1]] = m[2:]
+	}
+	for _, g := range goldenPicks {
+		d, ok := doced[g.key]
+		if !ok {
+			t.Errorf("PROTOCOL.md has no vector for %q", g.key)
+			continue
+		}
+		want := []string{strconv.Itoa(int(g.slot)), g.slotOwner, strings.Split(g.pick3, ",")[0],
+			strings.ReplaceAll(g.pick3, ",", ", "), g.usDraining}
+		if got := []string{d[0], d[1], d[2], strings.TrimSpace(d[3]), d[4]}; !slices.Equal(got, want) {
+			t.Errorf("PROTOCOL.md vector for %q: %q, want %q", g.key, got, want)
+		}
+	}
+	if len(doced) != len(goldenPicks) {
+		t.Errorf("PROTOCOL.md has %d vectors, the tests %d", len(doced), len(goldenPicks))
 	}
 }

@@ -22,8 +22,8 @@ type Timer interface {
 	C() <-chan time.Time
 	// Stop stops the timer; it reports whether the timer was still pending.
 	Stop() bool
-	// Reset makes the timer fire after d; call it on a stopped or fired and
-	// drained timer (see resetTimer).
+	// Reset makes the timer fire after d; call it on a stopped timer, or on
+	// a fired one whose tick was received.
 	Reset(d time.Duration) bool
 }
 
@@ -38,18 +38,6 @@ type systemTimer struct{ t *time.Timer }
 func (s systemTimer) C() <-chan time.Time        { return s.t.C }
 func (s systemTimer) Stop() bool                 { return s.t.Stop() }
 func (s systemTimer) Reset(d time.Duration) bool { return s.t.Reset(d) }
-
-// resetTimer stops t, drops a tick it may have delivered unread, and makes it
-// fire after d.
-func resetTimer(t Timer, d time.Duration) {
-	if !t.Stop() {
-		select {
-		case <-t.C():
-		default:
-		}
-	}
-	t.Reset(d)
-}
 
 // sleep waits d on k, or until ctx ends; it reports whether d passed.
 func sleep(ctx context.Context, k clock, d time.Duration) bool {

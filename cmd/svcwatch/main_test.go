@@ -73,24 +73,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // cleanup (Stop is idempotent, so a test may stop it earlier).
 func register(t *testing.T, addr, table, id, name, desc string) *svcwatch.RedisServiceWatcher {
 	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
-	w, err := svcwatch.NewRedisServiceWatcher(c, svcwatch.Instance{Table: table, ID: id, Name: name, Desc: desc},
-		svcwatch.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-		defer cancel()
-		_ = w.Stop(ctx)
-		_ = c.Close()
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-	defer cancel()
-	if err := w.Start(ctx); err != nil {
-		t.Fatalf("start %s/%s: %v", table, id, err)
-	}
-	return w
+	return registerInstance(t, addr, svcwatch.Instance{Table: table, ID: id, Name: name, Desc: desc})
 }
 
 func stop(t *testing.T, w *svcwatch.RedisServiceWatcher) {

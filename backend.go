@@ -8,7 +8,9 @@ package svcwatch
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
+	"sort"
 	"time"
 )
 
@@ -41,9 +43,135 @@ func (b *Backend) Now() time.Time { return b.w.cfg.clock.Now() }
 // NewTimer returns a timer of the watcher's clock.
 func (b *Backend) NewTimer(d time.Duration) Timer { return b.w.cfg.clock.NewTimer(d) }
 
-// AddTable records table as watched (it must have passed the checks of Watch);
-// it reports whether the table was new.
+// CheckTable checks a table name as Watch takes it: an error wrapping
+// ErrInvalid says what is wrong.
+func (b *Backend) CheckTable(table string) error { return checkTable(table) }
+
+// AddTable records table as watched by name (it must have passed CheckTable);
+// it reports whether the table was not watched before, so that the backend
+// starts syncing it.
 func (b *Backend) AddTable(table string) bool { return b.w.addTable(table) }
+
+// RemoveTable undoes watching table by name (Unwatch). It reports whether the
+// table is no longer watched at all (no watched prefix covers it): the backend
+// then stops syncing it and calls DropTable. Self's own table cannot be
+// unwatched by a watcher that registers (an error wrapping ErrInvalid).
+func (b *Backend) RemoveTable(table string) (unwatched bool, err error) {
+	if err := checkTable(table); err != nil {
+		return false, err
+	}
+	w := b.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.cfg.WatchOnly && table == w.self.Table {
+		return false, fmt.Errorf("%w: %q is this process's own table; it cannot be unwatched while registered", ErrInvalid, table)
+	}
+	if !w.set.named[table] {
+		return false, nil
+	}
+	delete(w.set.named, table)
+	if w.set.found[table] {
+		return false, nil
+	}
+	return true, nil
+}
+
+// AddPrefix records a watched prefix (WatchPrefix), checked and without
+// trailing slashes, and returns that form; added reports whether it is new.
+// The backend then lists the store's tables and calls AddFoundTable for each.
+func (b *Backend) AddPrefix(prefix string) (norm string, added bool, err error) {
+	p, err := checkPrefix(prefix)
+	if err != nil {
+		return "", false, err
+	}
+	b.w.mu.Lock()
+	defer b.w.mu.Unlock()
+	added = !b.w.set.prefixes[p]
+	b.w.set.prefixes[p] = true
+	return p, added, nil
+}
+
+// RemovePrefix undoes a watched prefix (UnwatchPrefix) and returns the tables
+// that are no longer watched at all: the backend stops syncing each and calls
+// DropTable. A prefix not watched is a no-op.
+func (b *Backend) RemovePrefix(prefix string) (dropped []string, err error) {
+	p, err := checkPrefix(prefix)
+	if err != nil {
+		return nil, err
+	}
+	w := b.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.set.prefixes[p] {
+		return nil, nil
+	}
+	delete(w.set.prefixes, p)
+	for t := range w.set.found {
+		if w.set.covers(t) {
+			continue
+		}
+		delete(w.set.found, t)
+		if !w.set.named[t] {
+			dropped = append(dropped, t)
+		}
+	}
+	sort.Strings(dropped)
+	return dropped, nil
+}
+
+// AddFoundTable records a table the backend found in the store: if a watched
+// prefix covers it, it is watched, and AddFoundTable reports whether it was
+// not watched before (the backend then starts syncing it).
+func (b *Backend) AddFoundTable(table string) bool {
+	if checkTable(table) != nil {
+		return false
+	}
+	w := b.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.set.covers(table) {
+		return false
+	}
+	was := w.set.watched(table)
+	w.set.found[table] = true
+	return !was
+}
+
+// ForgetFoundTable undoes AddFoundTable for a table that is gone from the
+// store (collected): it reports whether the table is no longer watched at all
+// (it was not watched by name), so that the backend stops syncing it and
+// calls DropTable.
+func (b *Backend) ForgetFoundTable(table string) bool {
+	w := b.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.set.found[table] {
+		return false
+	}
+	delete(w.set.found, table)
+	return !w.set.named[table]
+}
+
+// Covers reports whether a watched prefix covers table.
+func (b *Backend) Covers(table string) bool {
+	b.w.mu.Lock()
+	defer b.w.mu.Unlock()
+	return b.w.set.covers(table)
+}
+
+// Watched reports whether table is watched now, by name or by a prefix.
+func (b *Backend) Watched(table string) bool {
+	b.w.mu.Lock()
+	defer b.w.mu.Unlock()
+	return b.w.set.watched(table)
+}
+
+// Prefixes returns the watched prefixes, sorted.
+func (b *Backend) Prefixes() []string { return b.w.Prefixes() }
+
+// DropTable forgets the view of a table that is no longer watched: OnRemove is
+// queued for each of its peers, and Services and Lookup stop reporting it.
+func (b *Backend) DropTable(table string) { b.w.reg.drop(table) }
 
 // ReplaceTable makes insts the whole current view of table (a full read) and
 // marks the view synced. An instance missing from insts is

@@ -254,7 +254,7 @@ func BenchmarkIdleScan(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				w.scan(ctx)
+				w.scan(ctx, w.run)
 			}
 			b.StopTimer()
 			b.ReportMetric(float64(redisScriptTime(b, c)-busy)/float64(b.N), "redis-ns/op")

@@ -222,6 +222,7 @@ func crash(t testing.TB, w *RedisServiceWatcher) {
 	run.cancel()
 	w.currentPubSub(run).Close()
 	<-run.syncDone
+	<-run.catDone
 	if run.hbStarted {
 		<-run.hbDone
 	}

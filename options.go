@@ -24,6 +24,9 @@ const (
 	DefaultResync      = time.Minute
 	DefaultKeyPrefix   = "svcwatch"
 	DefaultMaxDescSize = 64 << 10
+	DefaultRetention   = 24 * time.Hour
+	// MinRetention is the shortest table retention accepted (tests and demos).
+	MinRetention = time.Second
 )
 
 // Config is a watcher's settings after defaults were filled in. A backend reads
@@ -40,6 +43,7 @@ type Config struct {
 	WatchOnly      bool          // register nothing
 	MaxDescSize    int           // largest Desc accepted or read
 	RestartReplace bool          // a live holder with the same Name is replaced (a restart)
+	TableRetention time.Duration // an emptied table's keys and catalog entry are collected after this
 }
 
 // config is what the options write: the public settings and the seams.
@@ -63,6 +67,7 @@ func defaultConfig() config {
 			Logger:         slog.Default(),
 			MaxDescSize:    DefaultMaxDescSize,
 			RestartReplace: true,
+			TableRetention: DefaultRetention,
 		},
 		clock: systemClock{},
 	}
@@ -135,7 +140,8 @@ func WithTables(tables ...string) Option {
 }
 
 // WatchOnly makes a watcher that registers nothing and only watches (tools,
-// gateways). Its self Instance needs only Table.
+// gateways). Its self Instance needs only Table, which it watches; with an
+// empty Table it watches only what WithTables, Watch and WatchPrefix give.
 func WatchOnly() Option {
 	return func(c *config) { c.WatchOnly = true }
 }
@@ -167,6 +173,16 @@ func WithOnRegistrationLost(f func(self Instance, err error)) Option {
 	return func(c *config) { c.onLost = f }
 }
 
+// WithTableRetention sets how long a table may have no live instance before
+// its leftover keys and its catalog entry are collected (by whichever watcher
+// notices first, never while a registration exists). Default 24h; at least
+// MinRetention (1s). Processes with different retentions do not fight: the
+// shortest one collects first. Keep it longer than any Redis outage you want
+// a table's registrations to survive untouched.
+func WithTableRetention(d time.Duration) Option {
+	return func(c *config) { c.TableRetention = d }
+}
+
 // withClock replaces the clock that drives the loops' schedules and the view's
 // holds (tests).
 func withClock(k clock) Option {
@@ -191,6 +207,9 @@ func (c *config) validate(self Instance) error {
 	}
 	if c.ResyncInterval <= 0 {
 		bad("resync interval %v is not positive", c.ResyncInterval)
+	}
+	if c.TableRetention < MinRetention {
+		bad("table retention %v is under the minimum of %v", c.TableRetention, MinRetention)
 	}
 	if c.MaxDescSize <= 0 {
 		bad("max desc size %d is not positive", c.MaxDescSize)

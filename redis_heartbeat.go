@@ -72,6 +72,11 @@ func (w *RedisServiceWatcher) registerLocked(ctx context.Context) error {
 	regAt, _ = res[1].(int64)
 	w.b.SetRegistration(self.Incarnation, time.UnixMilli(regAt))
 	w.b.SetRegistered(true)
+	// The catalog lives in another slot, so this is a second call. A failure
+	// costs nothing lasting: the collection pass adds self's table again.
+	if _, err := w.touchCatalog(cctx, self.Table, 0); err != nil {
+		w.log.Debug("svcwatch: adding the table to the catalog failed; the next pass retries", "err", err)
+	}
 	return nil
 }
 

@@ -65,6 +65,9 @@ func (w *RedisServiceWatcher) loadTable(ctx context.Context, ts *tableSync) erro
 func (w *RedisServiceWatcher) applyLoad(ts *tableSync, epoch string, rev int64, tok string, insts []Instance) (held, newEpoch bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.syncs[ts.table] != ts {
+		return false, false // unwatched while it was read
+	}
 	ts.lastLoad = w.b.Now()
 	sameEpoch := ts.loaded && epoch == ts.epoch
 	if !ts.diverged && sameEpoch && rev < ts.rev && ts.history[rev] == tok {
@@ -76,7 +79,9 @@ func (w *RedisServiceWatcher) applyLoad(ts *tableSync, epoch string, rev int64, 
 	newEpoch = ts.loaded && ts.epoch != "" && epoch != ts.epoch
 	rewritten := ts.diverged || (sameEpoch && rev <= ts.rev && ts.history[rev] != tok)
 	var hold time.Time
-	if newEpoch || rewritten {
+	// An empty view has nothing to hold back: the table was collected (it has
+	// no keys, and is maybe re-created), or it was empty when Redis lost it.
+	if (newEpoch || rewritten) && w.reg.size(ts.table) > 0 {
 		// Redis lost, restored or rolled back the table's data (an empty restart,
 		// a restore, a failover to a replica that missed writes). The processes
 		// that are alive register again within a keepalive interval; until one

@@ -41,7 +41,7 @@ const silentMovesMax = 2
 // schedules a reload of the tables that moved. An idle table costs one small
 // script call per interval, whatever its size. It reports whether the
 // subscription looks stalled: a table kept moving and no message came.
-func (w *RedisServiceWatcher) scan(ctx context.Context) (stalled bool) {
+func (w *RedisServiceWatcher) scan(ctx context.Context, run *running) (stalled bool) {
 	w.mu.Lock()
 	var tables []*tableSync
 	for _, ts := range w.syncs {
@@ -49,8 +49,10 @@ func (w *RedisServiceWatcher) scan(ctx context.Context) (stalled bool) {
 			tables = append(tables, ts)
 		}
 	}
+	catRev := w.catRev
 	w.mu.Unlock()
-	if len(tables) == 0 {
+	prefixes := len(w.b.Prefixes()) > 0
+	if len(tables) == 0 && !prefixes {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(ctx, w.callTimeout())
@@ -60,7 +62,22 @@ func (w *RedisServiceWatcher) scan(ctx context.Context) (stalled bool) {
 	for i, ts := range tables {
 		cmds[i] = scriptCheck.EvalSha(ctx, pipe, ts.keys.Script(), w.scriptArgs(ts, nil)...)
 	}
+	var catCmd *redis.StringCmd
+	if prefixes {
+		// A prefix watcher also asks whether the catalog moved: an
+		// announcement it missed shows here.
+		catCmd = pipe.Get(ctx, w.cat.Rev)
+	}
 	_, _ = pipe.Exec(ctx)
+	if catCmd != nil {
+		rev, err := catCmd.Int64()
+		if err == redis.Nil {
+			rev, err = 0, nil
+		}
+		if err == nil && rev != catRev {
+			w.requestCatalogRead(run)
+		}
+	}
 	for i, ts := range tables {
 		if redis.HasErrorPrefix(cmds[i].Err(), "NOSCRIPT") {
 			cmds[i] = w.eval(ctx, scriptCheck, ts)
@@ -112,10 +129,13 @@ func (w *RedisServiceWatcher) resubscribe(run *running) <-chan interface{} {
 	}
 	old, oldMsgs := run.pubsub, run.msgs
 	run.pubsub, run.msgs = ps, msgs
-	channels := make([]string, 0, len(w.syncs))
+	channels := make([]string, 0, len(w.syncs)+1)
 	for _, ts := range w.syncs {
 		channels = append(channels, ts.keys.Channel)
 		ts.silentMoves = 0
+	}
+	if run.catSubscribed {
+		channels = append(channels, w.cat.Channel)
 	}
 	w.mu.Unlock()
 	w.log.Warn("svcwatch: the subscription delivers nothing while its tables change; subscribing again",

@@ -89,7 +89,9 @@ func (w *RedisServiceWatcher) subscribe(ctx context.Context, run *running, syncs
 	for i, ts := range syncs {
 		channels[i] = ts.keys.Channel
 	}
+	w.subMu.Lock()
 	subErr := w.currentPubSub(run).Subscribe(ctx, channels...)
+	w.subMu.Unlock()
 	for _, ts := range syncs {
 		select {
 		case <-ts.confirmed:
@@ -132,9 +134,9 @@ func (w *RedisServiceWatcher) syncLoop(run *running, timers syncTimers) {
 			if !ok {
 				return
 			}
-			w.onPubSub(m)
+			w.onPubSub(run, m)
 		case <-scan.C():
-			if stalled := w.scan(run.ctx); stalled {
+			if stalled := w.scan(run.ctx, run); stalled {
 				msgs = w.resubscribe(run)
 			}
 			w.b.ReleaseHolds(w.b.Now())
@@ -157,17 +159,25 @@ func (w *RedisServiceWatcher) syncLoop(run *running, timers syncTimers) {
 	}
 }
 
-func (w *RedisServiceWatcher) onPubSub(m interface{}) {
+func (w *RedisServiceWatcher) onPubSub(run *running, m interface{}) {
 	switch m := m.(type) {
 	case *redis.Subscription:
 		if m.Kind != "subscribe" {
 			return
 		}
 		w.noteRoundTrip(nil)
+		if m.Channel == w.cat.Channel {
+			w.onCatalogSubscribed(run)
+			return
+		}
 		if table, again := w.onSubscribed(w.tableOfChannel(m.Channel)); again {
 			w.log.Info("svcwatch: subscription re-established; reading the table again", "table", table)
 		}
 	case *redis.Message:
+		if m.Channel == w.cat.Channel {
+			w.onCatalogMessage(run, m.Payload)
+			return
+		}
 		w.applyMessage(w.tableOfChannel(m.Channel), m.Payload)
 	}
 }

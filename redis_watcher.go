@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/svcwatch/svcwatch/protocol"
 )
 
 // RedisServiceWatcher is the Watcher on Redis. It embeds the backend-free core
@@ -32,10 +34,16 @@ type RedisServiceWatcher struct {
 	log    *slog.Logger
 	client redis.UniversalClient
 
-	mu    sync.Mutex // guards state, run, syncs and every tableSync's mutable fields
-	state watcherState
-	run   *running
-	syncs map[string]*tableSync
+	mu     sync.Mutex // guards state, run, syncs, catRev and every tableSync's mutable fields
+	state  watcherState
+	run    *running
+	syncs  map[string]*tableSync
+	cat    protocol.CatalogKeys
+	catRev int64 // the catalog revision last read or announced
+
+	// subMu orders SUBSCRIBE and UNSUBSCRIBE of a table's channel, so that an
+	// Unwatch racing a Watch of the same table cannot leave it unsubscribed.
+	subMu sync.Mutex
 
 	// regLock (capacity 1) serialises the calls that write self: register,
 	// update and deregister, so that a deregister can never be overtaken by a
@@ -77,6 +85,16 @@ type running struct {
 	hbStarted bool // under RedisServiceWatcher.mu
 	hbDone    chan struct{}
 
+	// The catalog goroutine (redis_catalog.go) and what it is asked to do;
+	// the bools and catOps are under RedisServiceWatcher.mu.
+	catDone          chan struct{}
+	catKick          chan struct{} // capacity 1
+	catConfirmed     chan struct{} // closed at the catalog channel's first confirmation
+	catConfirmedOnce bool
+	catSubscribed    bool
+	catOps           []catalogOp
+	catFull          bool // a full read of the catalog is due
+
 	stopOnce sync.Once
 	stopErr  error
 }
@@ -98,13 +116,14 @@ func NewRedisServiceWatcher(client redis.UniversalClient, self Instance, opts ..
 	}
 	conf := b.Config()
 	return &RedisServiceWatcher{ServiceWatcher: core, b: b, conf: conf, log: conf.Logger, client: client,
-		syncs: make(map[string]*tableSync), regLock: make(chan struct{}, 1)}, nil
+		syncs: make(map[string]*tableSync), cat: protocol.Catalog(conf.KeyPrefix), regLock: make(chan struct{}, 1)}, nil
 }
 
 var _ Watcher = (*RedisServiceWatcher)(nil)
 
-// Start subscribes to every watched table, registers self (unless watch-only),
-// loads each table and starts the heartbeat. It returns nil once OnAdd has been
+// Start subscribes to every watched table, registers self (unless watch-only)
+// and adds its table to the catalog, loads each table (and the tables under
+// the watched prefixes) and starts the heartbeat. It returns nil once OnAdd has been
 // delivered for every peer already present. While Redis does not answer it keeps
 // trying until ctx ends. If it fails (ctx ended, or ErrDuplicateID), it
 // deregisters what it registered and stops the watcher: build a new one to retry.
@@ -121,7 +140,8 @@ func (w *RedisServiceWatcher) Start(ctx context.Context) error {
 		return fmt.Errorf("%w: Start called twice", ErrInvalid)
 	}
 	w.state = stateStarting
-	run := &running{syncDone: make(chan struct{}), hbDone: make(chan struct{})}
+	run := &running{syncDone: make(chan struct{}), hbDone: make(chan struct{}), catDone: make(chan struct{}),
+		catKick: make(chan struct{}, 1), catConfirmed: make(chan struct{})}
 	run.ctx, run.cancel = context.WithCancel(context.Background())
 	run.attempt, run.attemptCancel = context.WithCancel(run.ctx)
 	run.hbCtx, run.hbCancel = context.WithCancel(run.ctx)
@@ -137,6 +157,7 @@ func (w *RedisServiceWatcher) Start(ctx context.Context) error {
 
 	w.b.StartEvents()
 	go w.syncLoop(run, w.newSyncTimers())
+	go w.catalogLoop(run, w.b.NewTimer(w.gcDelay()))
 
 	err := w.start(ctx, run, syncs)
 	if err == nil {
@@ -181,6 +202,11 @@ func (w *RedisServiceWatcher) start(ctx context.Context, run *running, syncs []*
 	}
 	for _, ts := range syncs {
 		if err := w.loadUntilDone(ctx, ts); err != nil {
+			return err
+		}
+	}
+	if len(w.b.Prefixes()) > 0 {
+		if err := w.discover(ctx, run); err != nil {
 			return err
 		}
 	}
@@ -312,6 +338,7 @@ func (w *RedisServiceWatcher) shutdown(ctx context.Context, run *running) error 
 			errs = append(errs, fmt.Errorf("svcwatch: closing the subscription: %w", ctx.Err()))
 		}
 		errs = append(errs, waitDone(ctx, run.syncDone, "sync loop"))
+		errs = append(errs, waitDone(ctx, run.catDone, "catalog loop"))
 		if run.replaced.Load() > 0 {
 			drained := make(chan struct{})
 			go func() { run.drains.Wait(); close(drained) }()

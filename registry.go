@@ -176,6 +176,28 @@ func (r *registry) removeLocked(view map[string]*entry, id string, e *entry, hol
 	r.emit(e.inst.Key(), nil)
 }
 
+// drop removes a table's view: each instance is removed (its removal emitted),
+// then the table is no longer loaded.
+func (r *registry) drop(table string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	view, ok := r.tables[table]
+	if !ok {
+		return
+	}
+	ids := make([]string, 0, len(view))
+	for id := range view {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids) // events in a stable order
+	for _, id := range ids {
+		r.removeLocked(view, id, view[id], time.Time{})
+	}
+	delete(r.tables, table)
+	delete(r.routeGen, table)
+	delete(r.routes, table)
+}
+
 func (r *registry) loaded(table string) bool {
 	r.mu.RLock()
 	defer r.mu.RUnlock()

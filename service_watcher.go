@@ -7,6 +7,7 @@ package svcwatch
 
 import (
 	"maps"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,7 +28,7 @@ type ServiceWatcher struct {
 	self      Instance // self.State is the state peers see: wantState, or Unhealthy
 	wantState State    // the state the process set
 	unhealthy bool     // the latest health check failed or hung
-	tables    []string // watched, in the order they were added
+	set       tableSet // the watched tables and prefixes
 	health    healthRunner
 
 	fullLoads  atomic.Uint64
@@ -62,7 +63,7 @@ func NewServiceWatcher(self Instance, opts ...Option) (*ServiceWatcher, *Backend
 	if len(self.Meta) == 0 {
 		self.Meta = nil
 	}
-	w := &ServiceWatcher{cfg: cfg, self: self, wantState: self.State}
+	w := &ServiceWatcher{cfg: cfg, self: self, wantState: self.State, set: newTableSet()}
 	skip := ""
 	if !cfg.WatchOnly {
 		skip = self.Key()
@@ -70,7 +71,9 @@ func NewServiceWatcher(self Instance, opts ...Option) (*ServiceWatcher, *Backend
 	w.disp = newDispatcher(cfg.Handlers, skip, cfg.Logger)
 	w.reg = newRegistry(w.disp.enqueue)
 	for _, t := range append([]string{self.Table}, cfg.Tables...) {
-		w.addTable(t)
+		if t != "" { // a watch-only watcher may have no table of its own
+			w.addTable(t)
+		}
 	}
 	return w, &Backend{w: w}, nil
 }
@@ -111,11 +114,25 @@ func (w *ServiceWatcher) PickN(table, key string, n int) []Instance {
 	return w.reg.pickN(table, key, n)
 }
 
-// Tables returns the watched tables, in the order they were added.
+// Tables returns the tables watched now, sorted: those watched by name (self's
+// table, WithTables, Watch) and those found under a watched prefix. The slice
+// is the caller's own.
 func (w *ServiceWatcher) Tables() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return append([]string(nil), w.tables...)
+	return w.set.sorted()
+}
+
+// Prefixes returns the watched prefixes, sorted.
+func (w *ServiceWatcher) Prefixes() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]string, 0, len(w.set.prefixes))
+	for p := range w.set.prefixes {
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Stats returns counters and health of the watcher. Counters start at zero at
@@ -146,17 +163,14 @@ func (w *ServiceWatcher) registeredNow() bool {
 	return w.cfg.clock.Now().UnixNano()-w.confirmed.Load() < int64(w.cfg.TTL)
 }
 
-// addTable records table as watched; it reports whether it was new.
+// addTable records table as watched by name; it reports whether the table
+// was not watched before.
 func (w *ServiceWatcher) addTable(table string) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for _, t := range w.tables {
-		if t == table {
-			return false
-		}
-	}
-	w.tables = append(w.tables, table)
-	return true
+	was := w.set.watched(table)
+	w.set.named[table] = true
+	return !was
 }
 
 func (w *ServiceWatcher) setSelf(f func(*Instance)) {

@@ -50,6 +50,9 @@ func checkTable(table string) error { return checkName("table", table, maxTableL
 
 // checkSelf validates the instance a watcher registers (or, watch-only, its table).
 func checkSelf(self Instance, watchOnly bool, maxDesc int) error {
+	if watchOnly && self.Table == "" {
+		return nil // watches only what it is told to
+	}
 	if err := checkTable(self.Table); err != nil {
 		return err
 	}

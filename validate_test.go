@@ -56,7 +56,7 @@ func TestBadInputIsErrInvalid(t *testing.T) {
 		{"empty prefix", client, ok, []Option{WithKeyPrefix("")}, "key prefix is empty"},
 		{"nil handler", client, ok, []Option{WithHandler(nil)}, "nil handler"},
 		{"bad extra table", client, ok, []Option{WithTables("ok/table", "bad{")}, "hash tag"},
-		{"watch-only needs a table", client, Instance{}, []Option{WatchOnly()}, "table is empty"},
+		{"retention too short", client, ok, []Option{WithTableRetention(time.Millisecond)}, "table retention"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

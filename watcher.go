@@ -202,6 +202,19 @@ type Watcher interface {
 	// has been delivered for each of its peers (unless Watch is called from a
 	// handler: then those events follow as soon as the handler returns).
 	Watch(ctx context.Context, table string) error
+	// Unwatch stops watching a table watched by name: OnRemove for each of its
+	// peers, then it is no longer synced. Self's own table cannot be unwatched
+	// while registered (ErrInvalid); a table not watched by name is a no-op; a
+	// table also under a watched prefix stays watched until that is undone.
+	Unwatch(ctx context.Context, table string) error
+	// WatchPrefix watches every table under prefix (whole path segments), now
+	// and later; it returns once the existing ones are loaded and their OnAdds
+	// delivered.
+	WatchPrefix(ctx context.Context, prefix string) error
+	// UnwatchPrefix undoes WatchPrefix; the tables it alone kept are unwatched.
+	UnwatchPrefix(ctx context.Context, prefix string) error
+	// Tables returns the tables watched now, sorted.
+	Tables() []string
 	// Services returns the live instances of a watched table, sorted by ID, self
 	// included. The slice is the caller's own.
 	Services(table string) []Instance

@@ -20,6 +20,19 @@ var (
 	check string
 	//go:embed scripts/load.lua
 	load string
+	//go:embed scripts/gc.lua
+	gc string
+)
+
+// The catalog's scripts, which run on the catalog's keys (CatalogKeys.Script)
+// without the prelude; their ARGV is documented at the top of each file.
+var (
+	//go:embed scripts/catalog_touch.lua
+	CatalogTouch string
+	//go:embed scripts/catalog_drop.lua
+	CatalogDrop string
+	//go:embed scripts/catalog_due.lua
+	CatalogDue string
 )
 
 // The scripts' sources, each the shared prelude (clock, epoch, publish, the
@@ -33,6 +46,7 @@ var (
 	Deregister = prelude + deregister
 	Check      = prelude + check
 	Load       = prelude + load
+	GC         = prelude + gc
 )
 
 // ScriptArgs returns the ARGV every script starts with: the table's channel, the

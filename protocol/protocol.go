@@ -76,6 +76,23 @@ func InstPattern(prefix string) string {
 	return globEscape(prefix) + ":{*}:" + SuffixInst
 }
 
+// TablePattern is the SCAN MATCH pattern of every key of every table under
+// prefix; TableOfKey reads the table back.
+func TablePattern(prefix string) string {
+	return globEscape(prefix) + ":{*}:*"
+}
+
+// TableOfKey returns the table of any key of the layout ("prefix:{table}:suffix"
+// for one of the key suffixes), and whether name is one.
+func TableOfKey(prefix, name string) (string, bool) {
+	for _, suffix := range []string{SuffixInst, SuffixExp, SuffixRev, SuffixEpoch, SuffixMeta} {
+		if t, ok := TableOf(prefix, suffix, name); ok {
+			return t, true
+		}
+	}
+	return "", false
+}
+
 func globEscape(s string) string {
 	var b strings.Builder
 	for _, r := range s {

@@ -207,7 +207,18 @@ func (b *bench) cleanup(errOut io.Writer) {
 		if err := b.admin.Del(ctx, protocol.TableKeys(b.g.prefix, t).All()...).Err(); err != nil {
 			fmt.Fprintf(errOut, "svcwatch: warning: could not delete the keys of %s: %v\n", t, err)
 		}
+		if err := uncatalog(ctx, b.admin, b.g.prefix, t); err != nil {
+			fmt.Fprintf(errOut, "svcwatch: warning: could not remove %s from the catalog: %v\n", t, err)
+		}
 	}
+}
+
+// uncatalog removes a table the bench deleted from the catalog, announcing it
+// as a collection would.
+func uncatalog(ctx context.Context, c redis.UniversalClient, prefix, table string) error {
+	cat := protocol.Catalog(prefix)
+	// Any score is below this one: the entry goes whatever touched it last.
+	return c.Eval(ctx, protocol.CatalogDrop, cat.Script(), cat.Channel, table, "9e15").Err()
 }
 
 func (b *bench) run(ctx context.Context) error {

@@ -112,13 +112,13 @@ func TestTablesAndLs(t *testing.T) {
 			t.Fatalf("exit %d: %s", code, errOut)
 		}
 		lines := strings.Split(strings.TrimSpace(out), "\n")
-		if got := strings.Fields(lines[0]); strings.Join(got, " ") != "TABLE INSTANCES STALE REVISION" {
+		if got := strings.Fields(lines[0]); strings.Join(got, " ") != "TABLE INSTANCES STALE REVISION EMPTY-FOR COLLECT-IN" {
 			t.Fatalf("header %q", lines[0])
 		}
 		var tables []string
 		for _, l := range lines[1:] {
 			f := strings.Fields(l)
-			if len(f) != 4 {
+			if len(f) != 6 {
 				t.Fatalf("line %q", l)
 			}
 			tables = append(tables, f[0])
@@ -426,7 +426,9 @@ func TestUsage(t *testing.T) {
 		{[]string{"ls", "a", "b"}, 2, "exactly one TABLE"},
 		{[]string{"ls", "a{b}"}, 2, "is not a table name"},
 		{[]string{"ls", "-nope", "a"}, 2, "flag provided but not defined"},
-		{[]string{"watch"}, 2, "at least one TABLE"},
+		{[]string{"watch"}, 2, "at least one TABLE or -prefix"},
+		{[]string{"watch", "-prefix", "a b"}, 2, "prefix"},
+		{[]string{"tables", "-retention", "1ms"}, 2, "-retention"},
 		{[]string{"bench", "-watchers", "0"}, 2, "at least 1"},
 		{[]string{"-h"}, 0, "Usage: svcwatch"},
 		{[]string{"bench", "-h"}, 0, "-watchers"},
@@ -966,5 +968,90 @@ func TestPickUsage(t *testing.T) {
 	addr := "127.0.0.1:" + strconv.Itoa(redistest.FreePort(t))
 	if _, errOut, code := runCmd(t, "-addr", addr, "pick", gate, "k"); code != 1 || !strings.Contains(errOut, "cannot reach Redis at "+addr) {
 		t.Errorf("unreachable: exit %d, stderr %q", code, errOut)
+	}
+}
+
+// TestTablesCatalog checks that tables reads the catalog, shows how long an
+// empty table has been empty and when it will be collected, and finds the
+// tables written before the catalog existed once, with one SCAN.
+func TestTablesCatalog(t *testing.T) {
+	noEnvAuth(t)
+	srv := redistest.StartServer(t, redistest.ServerOptions{})
+	addr := srv.Addr()
+	const live, emptied, legacy, later = "cat/prod/v2/game", "cat/prod/v1/game", "cat/prod/v0/game", "cat/prod/v00/game"
+	register(t, addr, live, "l1", "127.0.0.1:7001", "")
+	stop(t, register(t, addr, emptied, "e1", "127.0.0.1:7002", ""))
+	// A table written by a library that had no catalog.
+	srv.Do(t, "HSET", protocol.TableKeys("svcwatch", legacy).Inst, "x1", "{}")
+	out, errOut, code := runCmd(t, "-addr", addr, "tables", "-retention", "1h")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if !strings.Contains(errOut, "added 1 table(s) found by SCAN") {
+		t.Errorf("the first run did not seed the catalog: %q", errOut)
+	}
+	rows := map[string][]string{}
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n")[1:] {
+		f := strings.Fields(l)
+		rows[f[0]] = f
+	}
+	if f := rows[live]; len(f) != 6 || f[1] != "1" || f[4] != "-" || f[5] != "-" {
+		t.Errorf("live table row %q", f)
+	}
+	if f := rows[emptied]; len(f) != 6 || f[1] != "0" || f[4] == "-" || !strings.HasPrefix(f[5], "59m") && f[5] != "1h0m0s" {
+		t.Errorf("emptied table row %q: want how long empty and about 1h to collection\n%s", f, out)
+	}
+	if _, ok := rows[legacy]; !ok {
+		t.Errorf("the legacy table is not listed:\n%s", out)
+	}
+	// Once seeded, nothing is SCANned again: a table written outside the
+	// protocol later is not listed, unless -rescan.
+	srv.Do(t, "HSET", protocol.TableKeys("svcwatch", later).Inst, "y1", "{}")
+	out, errOut, _ = runCmd(t, "-addr", addr, "tables")
+	if strings.Contains(out, later) || strings.Contains(errOut, "SCAN") {
+		t.Errorf("a seeded catalog was scanned again:\n%s%s", out, errOut)
+	}
+	out, _, _ = runCmd(t, "-addr", addr, "tables", "-rescan")
+	if !strings.Contains(out, later) {
+		t.Errorf("-rescan did not add %s:\n%s", later, out)
+	}
+	// JSON has the same facts.
+	out, _, _ = runCmd(t, "-addr", addr, "-json", "tables")
+	var infos []tableInfo
+	if err := json.Unmarshal([]byte(out), &infos); err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range infos {
+		if in.Table == emptied && (in.EmptySince == "" || in.CollectIn == nil || *in.CollectIn > svcwatch.DefaultRetention.Seconds()) {
+			t.Errorf("emptied table %+v", in)
+		}
+		if in.Table == live && in.EmptyFor != nil {
+			t.Errorf("live table %+v", in)
+		}
+	}
+}
+
+// TestWatchPrefixCommand checks that watch -prefix reports the tables under
+// the prefix, and a table created while it runs.
+func TestWatchPrefixCommand(t *testing.T) {
+	noEnvAuth(t)
+	srv := redistest.StartServer(t, redistest.ServerOptions{})
+	addr := srv.Addr()
+	register(t, addr, "pw/prod/v1/game", "g1", "127.0.0.1:7001", "")
+	register(t, addr, "pw/production/v1/game", "x1", "127.0.0.1:7009", "")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out, errOut, done := &syncBuffer{}, &syncBuffer{}, make(chan int, 1)
+	go func() { done <- run(ctx, []string{"-addr", addr, "watch", "-prefix", "pw/prod"}, out, errOut) }()
+	eventually(t, "the existing table", func() bool { return strings.Contains(out.String(), "add pw/prod/v1/game/g1 ") })
+	eventually(t, "watch to start", func() bool { return strings.Contains(errOut.String(), "watching") })
+	register(t, addr, "pw/prod/v2/game", "g2", "127.0.0.1:7002", "")
+	eventually(t, "the new table", func() bool { return strings.Contains(out.String(), "add pw/prod/v2/game/g2 ") })
+	cancel()
+	if code := <-done; code != 0 {
+		t.Errorf("exit %d: %s", code, errOut)
+	}
+	if strings.Contains(out.String(), "pw/production") {
+		t.Errorf("a table outside the prefix was reported:\n%s", out)
 	}
 }

@@ -10,18 +10,34 @@ import (
 	"strconv"
 	"sync"
 	"text/tabwriter"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/svcwatch/svcwatch"
 	"github.com/svcwatch/svcwatch/protocol"
 )
 
 func tablesCommand() *command {
+	var o tablesOpts
 	return &command{
 		name:    "tables",
-		summary: "list every table under the prefix with its live instance count and revision",
-		run:     runTables,
+		summary: "list the catalog's tables under the prefix: live instances, revision, and for an empty table how long it has been empty and when it will be collected",
+		setFlags: func(fs *flag.FlagSet) {
+			fs.DurationVar(&o.retention, "retention", svcwatch.DefaultRetention,
+				"the table retention your processes use (WithTableRetention), for the COLLECT-IN column")
+			fs.BoolVar(&o.rescan, "rescan", false,
+				"SCAN for tables missing from the catalog and add them (done once by itself on a catalog that was never seeded)")
+		},
+		run: func(ctx context.Context, g *globalOpts, fs *flag.FlagSet, out, errOut io.Writer) error {
+			return runTables(ctx, g, o, fs, out, errOut)
+		},
 	}
+}
+
+type tablesOpts struct {
+	retention time.Duration
+	rescan    bool
 }
 
 // tableInfo is one line of `svcwatch tables`.
@@ -31,6 +47,13 @@ type tableInfo struct {
 	Entries   int64  `json:"entries"`   // records stored, expired ones not yet reaped included
 	Revision  int64  `json:"revision"`
 	Epoch     string `json:"epoch"`
+	// EmptySince is when the table's last record went (server clock, RFC
+	// 3339), "" while it has records; CollectIn is the seconds left until
+	// the retention has passed (0: due at the next collection pass).
+	EmptySince string   `json:"empty_since,omitempty"`
+	EmptyFor   *float64 `json:"empty_for_seconds,omitempty"`
+	CollectIn  *float64 `json:"collect_in_seconds,omitempty"`
+	Gone       bool     `json:"gone,omitempty"` // listed in the catalog but without keys: collected, not yet unlisted
 }
 
 // tableStatScript counts a table in one atomic call, against the clock of the
@@ -39,23 +62,30 @@ const tableStatScript = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return {redis.call('HLEN', KEYS[1]), redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf'),
-  redis.call('GET', KEYS[3]) or '', redis.call('GET', KEYS[4]) or ''}
+  redis.call('GET', KEYS[3]) or '', redis.call('GET', KEYS[4]) or '',
+  redis.call('HGET', KEYS[5], 'empty') or '', now, redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])}
 `
 
-func runTables(ctx context.Context, g *globalOpts, fs *flag.FlagSet, out, errOut io.Writer) error {
+func runTables(ctx context.Context, g *globalOpts, o tablesOpts, fs *flag.FlagSet, out, errOut io.Writer) error {
 	if fs.NArg() > 0 {
 		return usagef("takes no arguments")
+	}
+	if o.retention < svcwatch.MinRetention {
+		return usagef("-retention %v is under the minimum of %v", o.retention, svcwatch.MinRetention)
 	}
 	c, err := g.connect(ctx)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	names, err := findTables(ctx, c, g.prefix)
-	if err != nil {
+	if err := seedCatalog(ctx, c, g.prefix, o.rescan, errOut); err != nil {
 		return err
 	}
-	infos, err := statTables(ctx, c, g.prefix, names)
+	names, err := c.ZRange(ctx, protocol.Catalog(g.prefix).Tables, 0, -1).Result()
+	if err != nil {
+		return fmt.Errorf("read the catalog: %w", err)
+	}
+	infos, err := statTables(ctx, c, g.prefix, names, o.retention)
 	if err != nil {
 		return err
 	}
@@ -69,23 +99,73 @@ func runTables(ctx context.Context, g *globalOpts, fs *flag.FlagSet, out, errOut
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	// STALE: records without a live deadline (expired and not yet reaped, or
 	// damaged); the watchers do not report them.
-	fmt.Fprintln(tw, "TABLE\tINSTANCES\tSTALE\tREVISION")
+	fmt.Fprintln(tw, "TABLE\tINSTANCES\tSTALE\tREVISION\tEMPTY-FOR\tCOLLECT-IN")
 	for _, t := range infos {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\n", t.Table, t.Instances, t.Entries-t.Instances, t.Revision)
+		emptyFor, collectIn := "-", "-"
+		switch {
+		case t.Gone:
+			emptyFor, collectIn = "-", "collected"
+		case t.EmptyFor != nil:
+			emptyFor = fmtSeconds(*t.EmptyFor)
+			collectIn = fmtSeconds(*t.CollectIn)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\n", t.Table, t.Instances, t.Entries-t.Instances, t.Revision, emptyFor, collectIn)
 	}
 	return tw.Flush()
 }
 
-// findTables lists the tables that have an inst hash, with SCAN (never KEYS):
+func fmtSeconds(s float64) string {
+	return time.Duration(s * float64(time.Second)).Round(time.Second).String()
+}
+
+// seedCatalog adds the tables written before the catalog existed (found with
+// one SCAN, on every master of a Cluster) to the catalog, once: the catalog's
+// seeded key records that it was done. rescan does it again.
+func seedCatalog(ctx context.Context, c redis.UniversalClient, prefix string, rescan bool, errOut io.Writer) error {
+	cat := protocol.Catalog(prefix)
+	if !rescan {
+		n, err := c.Exists(ctx, cat.Seeded).Result()
+		if err != nil {
+			return fmt.Errorf("read the catalog: %w", err)
+		}
+		if n == 1 {
+			return nil
+		}
+	}
+	found, err := findTables(ctx, c, prefix)
+	if err != nil {
+		return err
+	}
+	added := 0
+	for _, t := range found {
+		res, err := c.Eval(ctx, protocol.CatalogTouch, cat.Script(), cat.Channel, t, "").Slice()
+		if err != nil {
+			return fmt.Errorf("add %s to the catalog: %w", t, err)
+		}
+		if n, _ := res[0].(int64); n == 1 {
+			added++
+		}
+	}
+	if err := c.Set(ctx, cat.Seeded, time.Now().UTC().Format(time.RFC3339), 0).Err(); err != nil {
+		return fmt.Errorf("mark the catalog seeded: %w", err)
+	}
+	if added > 0 {
+		fmt.Fprintf(errOut, "svcwatch: added %d table(s) found by SCAN to the catalog (done once; -rescan does it again)\n", added)
+	}
+	return nil
+}
+
+// findTables lists the tables that have any key, with SCAN (never KEYS):
+// only to seed the catalog with the tables written before it existed;
 // on a Cluster, on every master, since SCAN walks one node.
 func findTables(ctx context.Context, c redis.UniversalClient, prefix string) ([]string, error) {
-	pattern := protocol.InstPattern(prefix)
+	pattern := protocol.TablePattern(prefix)
 	var mu sync.Mutex
 	found := map[string]bool{}
 	scan := func(ctx context.Context, node redis.Cmdable) error {
 		it := node.Scan(ctx, 0, pattern, 1000).Iterator()
 		for it.Next(ctx) {
-			if t, ok := protocol.TableOf(prefix, protocol.SuffixInst, it.Val()); ok {
+			if t, ok := protocol.TableOfKey(prefix, it.Val()); ok {
 				mu.Lock()
 				found[t] = true
 				mu.Unlock()
@@ -112,7 +192,7 @@ func findTables(ctx context.Context, c redis.UniversalClient, prefix string) ([]
 
 // statTables counts the tables, pipelined in batches: one round trip per
 // batch (per node on a Cluster) however many tables there are.
-func statTables(ctx context.Context, c redis.UniversalClient, prefix string, names []string) ([]tableInfo, error) {
+func statTables(ctx context.Context, c redis.UniversalClient, prefix string, names []string, retention time.Duration) ([]tableInfo, error) {
 	const batch = 500
 	infos := make([]tableInfo, 0, len(names))
 	// EVAL, not EVALSHA: a pipeline cannot recover from NOSCRIPT, and the
@@ -122,7 +202,7 @@ func statTables(ctx context.Context, c redis.UniversalClient, prefix string, nam
 		pipe := c.Pipeline()
 		cmds := make([]*redis.Cmd, 0, end-start)
 		for _, t := range names[start:end] {
-			cmds = append(cmds, pipe.Eval(ctx, tableStatScript, protocol.TableKeys(prefix, t).Script()[:4]))
+			cmds = append(cmds, pipe.Eval(ctx, tableStatScript, protocol.TableKeys(prefix, t).Script()))
 		}
 		_, _ = pipe.Exec(ctx) // each command carries its own error
 		for i, cmd := range cmds {
@@ -132,12 +212,22 @@ func statTables(ctx context.Context, c redis.UniversalClient, prefix string, nam
 				return nil, fmt.Errorf("read table %s: %w", t, err)
 			}
 			info := tableInfo{Table: t}
-			if len(res) == 4 {
+			if len(res) == 7 {
 				info.Entries, _ = res[0].(int64)
 				info.Instances, _ = res[1].(int64)
 				rev, _ := res[2].(string)
 				info.Revision, _ = strconv.ParseInt(rev, 10, 64)
 				info.Epoch, _ = res[3].(string)
+				emptyRaw, _ := res[4].(string)
+				now, _ := res[5].(int64)
+				keys, _ := res[6].(int64)
+				info.Gone = keys == 0
+				if since, err := strconv.ParseInt(emptyRaw, 10, 64); err == nil && info.Entries == 0 {
+					info.EmptySince = time.UnixMilli(since).UTC().Format(time.RFC3339)
+					emptyFor := float64(now-since) / 1000
+					collectIn := max(0, retention.Seconds()-emptyFor)
+					info.EmptyFor, info.CollectIn = &emptyFor, &collectIn
+				}
 			}
 			infos = append(infos, info)
 		}

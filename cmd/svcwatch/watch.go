@@ -17,13 +17,26 @@ import (
 )
 
 func watchCommand() *command {
+	var prefixes watchPrefixFlag
 	return &command{
 		name:    "watch",
-		args:    "TABLE...",
-		summary: "print one line per discovery event of the tables (existing instances first, as adds) until interrupted",
-		run:     runWatch,
+		args:    "[-prefix P]... [TABLE...]",
+		summary: "print one line per discovery event of the tables and of every table under the prefixes (existing instances first, as adds) until interrupted",
+		setFlags: func(fs *flag.FlagSet) {
+			fs.Var(&prefixes, "prefix", "watch every table under this path prefix, by whole segments, including tables created later (repeatable; "+
+				"the global -prefix before the command is the key prefix)")
+		},
+		run: func(ctx context.Context, g *globalOpts, fs *flag.FlagSet, out, errOut io.Writer) error {
+			return runWatch(ctx, g, prefixes, fs, out, errOut)
+		},
 	}
 }
+
+// watchPrefixFlag is the repeatable -prefix flag of watch.
+type watchPrefixFlag []string
+
+func (l *watchPrefixFlag) String() string     { return strings.Join(*l, ",") }
+func (l *watchPrefixFlag) Set(v string) error { *l = append(*l, v); return nil }
 
 // watchEvent is one line of `svcwatch -json watch`.
 type watchEvent struct {
@@ -124,10 +137,10 @@ func quoteIfNeeded(s string) string {
 	return s
 }
 
-func runWatch(ctx context.Context, g *globalOpts, fs *flag.FlagSet, out, errOut io.Writer) error {
+func runWatch(ctx context.Context, g *globalOpts, prefixes []string, fs *flag.FlagSet, out, errOut io.Writer) error {
 	tables := fs.Args()
-	if len(tables) == 0 {
-		return usagef("needs at least one TABLE")
+	if len(tables) == 0 && len(prefixes) == 0 {
+		return usagef("needs at least one TABLE or -prefix")
 	}
 	for _, t := range tables {
 		if err := checkTableArg(t); err != nil {
@@ -141,9 +154,9 @@ func runWatch(ctx context.Context, g *globalOpts, fs *flag.FlagSet, out, errOut 
 	defer c.Close()
 
 	p := &eventPrinter{out: out, json: g.json, now: time.Now}
-	w, err := svcwatch.NewRedisServiceWatcher(c, svcwatch.Instance{Table: tables[0]},
+	w, err := svcwatch.NewRedisServiceWatcher(c, svcwatch.Instance{},
 		svcwatch.WatchOnly(),
-		svcwatch.WithTables(tables[1:]...),
+		svcwatch.WithTables(tables...),
 		svcwatch.WithKeyPrefix(g.prefix),
 		svcwatch.WithHandler(p),
 		// The library's warnings (Redis gone, unreadable data) belong on stderr
@@ -156,6 +169,11 @@ func runWatch(ctx context.Context, g *globalOpts, fs *flag.FlagSet, out, errOut 
 	if err != nil {
 		return err
 	}
+	for _, p := range prefixes {
+		if err := w.WatchPrefix(ctx, p); err != nil { // before Start: only checked and recorded
+			return usageError{err.Error()}
+		}
+	}
 	// Start keeps retrying while Redis is away, until the interrupt.
 	if err := w.Start(ctx); err != nil {
 		if ctx.Err() != nil {
@@ -163,7 +181,11 @@ func runWatch(ctx context.Context, g *globalOpts, fs *flag.FlagSet, out, errOut 
 		}
 		return err
 	}
-	fmt.Fprintf(errOut, "svcwatch: watching %s on %s; interrupt to stop\n", strings.Join(w.Tables(), ", "), g.target())
+	what := strings.Join(w.Tables(), ", ")
+	if len(prefixes) > 0 {
+		what = strings.TrimPrefix(what+"; prefixes "+strings.Join(prefixes, ", "), "; ")
+	}
+	fmt.Fprintf(errOut, "svcwatch: watching %s on %s; interrupt to stop\n", what, g.target())
 	<-ctx.Done()
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -176,8 +176,11 @@ type bench struct {
 
 	table, idleTable string
 
-	mu      sync.Mutex
-	started []*proc // every process and watcher still to stop
+	mu       sync.Mutex
+	started  []*proc // every process and watcher still to stop
+	watchers []*proc // the watch-only watchers
+	// newTables: the tables the new-table phase created, deleted at the end.
+	createdTables []string
 }
 
 // stopAll stops every process still running, concurrently.
@@ -202,7 +205,10 @@ func (b *bench) cleanup(errOut io.Writer) {
 	b.stopAll(3 * time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	for _, t := range []string{b.table, b.idleTable} {
+	b.mu.Lock()
+	tables := append([]string{b.table, b.idleTable}, b.createdTables...)
+	b.mu.Unlock()
+	for _, t := range tables {
 		// One DEL per table: its keys share a hash tag, so a Cluster takes it.
 		if err := b.admin.Del(ctx, protocol.TableKeys(b.g.prefix, t).All()...).Err(); err != nil {
 			fmt.Fprintf(errOut, "svcwatch: warning: could not delete the keys of %s: %v\n", t, err)
@@ -211,7 +217,15 @@ func (b *bench) cleanup(errOut io.Writer) {
 			fmt.Fprintf(errOut, "svcwatch: warning: could not remove %s from the catalog: %v\n", t, err)
 		}
 	}
+	// A catalog the bench alone used goes too (its revision would stay).
+	cat := protocol.Catalog(b.g.prefix)
+	if err := b.admin.Eval(ctx, dropEmptyCatalog, cat.Script()).Err(); err != nil {
+		fmt.Fprintf(errOut, "svcwatch: warning: could not tidy the catalog: %v\n", err)
+	}
 }
+
+// dropEmptyCatalog deletes the catalog's revision when no table is listed.
+const dropEmptyCatalog = `if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end return 0`
 
 // uncatalog removes a table the bench deleted from the catalog, announcing it
 // as a collection would.
@@ -260,10 +274,14 @@ func (b *bench) run(ctx context.Context) error {
 				errs <- err
 				return
 			}
-			_, err := b.startProc(ctx, procSpec{table: b.table, ttl: o.ttl, watchOnly: true, handler: &benchHandler{i: i, tr: tr}})
+			w, err := b.startProc(ctx, procSpec{table: b.table, ttl: o.ttl, watchOnly: true, handler: &benchHandler{i: i, tr: tr}})
 			if err != nil {
 				errs <- err
+				return
 			}
+			b.mu.Lock()
+			b.watchers = append(b.watchers, w)
+			b.mu.Unlock()
 		}(i)
 	}
 	wg.Wait()
@@ -273,6 +291,9 @@ func (b *bench) run(ctx context.Context) error {
 	}
 
 	if err := b.propagation(ctx, tr); err != nil {
+		return err
+	}
+	if err := b.newTables(ctx, tr); err != nil {
 		return err
 	}
 	if err := b.crashes(ctx, tr, ka); err != nil {

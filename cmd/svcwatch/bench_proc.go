@@ -125,13 +125,15 @@ func (h *benchHandler) OnRemove(inst svcwatch.Instance) {
 // sendHook notes when a process's client first sends its register and
 // deregister script calls, the moments from which propagation is timed.
 type sendHook struct {
-	mu    sync.Mutex
-	times map[string]time.Time
+	mu     sync.Mutex
+	times  map[string]time.Time
+	counts map[string]int
 }
 
 var (
-	registerSHA   = redis.NewScript(protocol.Register).Hash()
-	deregisterSHA = redis.NewScript(protocol.Deregister).Hash()
+	registerSHA     = redis.NewScript(protocol.Register).Hash()
+	deregisterSHA   = redis.NewScript(protocol.Deregister).Hash()
+	catalogTouchSHA = redis.NewScript(protocol.CatalogTouch).Hash()
 )
 
 func (h *sendHook) DialHook(next redis.DialHook) redis.DialHook { return next }
@@ -147,6 +149,8 @@ func (h *sendHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 					h.mark("register")
 				case deregisterSHA, protocol.Deregister:
 					h.mark("deregister")
+				case catalogTouchSHA, protocol.CatalogTouch:
+					h.count("catalog")
 				}
 			}
 		}
@@ -164,6 +168,22 @@ func (h *sendHook) mark(what string) {
 	if _, ok := h.times[what]; !ok { // the first attempt: a NOSCRIPT retry is part of the latency
 		h.times[what] = now
 	}
+}
+
+// count counts the calls of what (every attempt).
+func (h *sendHook) count(what string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.counts == nil {
+		h.counts = map[string]int{}
+	}
+	h.counts[what]++
+}
+
+func (h *sendHook) calls(what string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.counts[what]
 }
 
 func (h *sendHook) get(what string) time.Time {

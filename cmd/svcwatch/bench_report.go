@@ -28,6 +28,7 @@ type benchReport struct {
 
 	Propagation propagationReport `json:"propagation"`
 	Floor       latencyPair       `json:"floor"`
+	NewTables   newTablesReport   `json:"new_tables"`
 	Crash       crashReport       `json:"crash"`
 	Poll        pollReport        `json:"poll_baseline"`
 	Idle        idleReport        `json:"idle"`
@@ -146,6 +147,21 @@ func (r *benchReport) print(w io.Writer) {
 		ratio(r.Propagation.AddAll.P99ms, r.Floor.All.P99ms), ratio(r.Propagation.AddAll.MaxMs, r.Floor.All.MaxMs))
 	p("")
 
+	nt := r.NewTables
+	p("New tables: %d rounds of the first registration in a table nobody had seen, under the prefix %s that every watcher watches;", nt.Rounds, nt.Prefix)
+	p("  from the register call to OnAdd (the catalog's announcement, then subscribe to and load of the new table)")
+	tw = newTable(w)
+	row(tw, "first register -> OnAdd, each", nt.AddEach)
+	row(tw, "first register -> OnAdd, "+all, nt.AddAll)
+	row(tw, "floor: publish -> receipt, each", nt.Floor.Each)
+	row(tw, "floor: publish -> receipt, "+all, nt.Floor.All)
+	row(tw, "Start() call of the new process", nt.StartDur)
+	tw.Flush()
+	p("  new table / floor: each p50 %s p99 %s; %s p50 %s p99 %s", ratio(nt.AddEach.P50ms, nt.Floor.Each.P50ms), ratio(nt.AddEach.P99ms, nt.Floor.Each.P99ms),
+		all, ratio(nt.AddAll.P50ms, nt.Floor.All.P50ms), ratio(nt.AddAll.P99ms, nt.Floor.All.P99ms))
+	p("  catalog calls per registration: %.2f (one idempotent call after the register script)", nt.CatalogCallsPerRegistration)
+	p("")
+
 	p("Crash detection at ttl %v (keepalive %v), %d crashes", msDur(r.TTLms), msDur(r.KeepAliveMs), r.Rounds)
 	p("  method: %s", wrap(r.Crash.Method, 100, "          "))
 	tw = newTable(w)
@@ -190,6 +206,8 @@ func (r *benchReport) print(w io.Writer) {
 	tw.Flush()
 	p("  round trips per idle process per second: %.3f (the settings predict %.3f: heartbeat %.2f + revision check %.2f + PubSub health-check PING %.2f)",
 		r.Idle.RoundTripsPerProcPerSec, r.Idle.Expected, 1/ka.Seconds(), 1/svcwatch.DefaultScanEvery.Seconds(), 1/3.0)
+	p("  the catalog adds 2 calls (touch own table, list due tables) per collection pass, every 7.5-10 min at the default")
+	p("  retention of %v: about %.4f per process per second, too rare for this window", svcwatch.DefaultRetention, 2/(8.75*60))
 	p("  commands run inside scripts per idle process per second: %.3f (not round trips)", r.Idle.InScriptPerProcPerSec)
 	p("  server time per idle process: %.1f µs/s", r.Idle.ServerUsecPerProcPerSec)
 }

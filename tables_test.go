@@ -339,6 +339,11 @@ func TestRetentionCollectsEmptiedTables(t *testing.T) {
 				t.Fatalf("%s is not in the catalog after its registration", tb)
 			}
 		}
+		// The catalog says the live table showed no sign of life for ages: the
+		// collector must ask the table itself, and keep it.
+		if err := raw.ZAdd(context.Background(), protocol.Catalog(prefix).Tables, redis.Z{Score: 1, Member: live}).Err(); err != nil {
+			t.Fatal(err)
+		}
 		stopNode(t, e.w)
 		crash(t, x.w) // its entry stays until reaped; nobody watches its table
 		// Past the crashed entry's TTL and the retention, the live node heartbeating.
@@ -352,6 +357,9 @@ func TestRetentionCollectsEmptiedTables(t *testing.T) {
 		})
 		if n := tableKeys(t, raw, prefix, live); n == 0 || !inCatalog(t, raw, prefix, live) {
 			t.Errorf("the live table lost its keys (%d left) or its catalog entry", n)
+		}
+		if score, err := raw.ZScore(context.Background(), protocol.Catalog(prefix).Tables, live).Result(); err != nil || score <= 1 {
+			t.Errorf("the live table's catalog score was not raised: %v %v", score, err)
 		}
 		if got := ids(l.w.Services(live)); got != "l1" {
 			t.Errorf("live table's view = %q", got)

@@ -33,6 +33,9 @@ const (
 	gcBatch = 16
 	// gcEveryMax caps the time between two collection passes.
 	gcEveryMax = 10 * time.Minute
+	// gcSilence is the collection's silence: it never elapses, so the
+	// mass-expiry guard stays out of it (see gc.lua).
+	gcSilence = int64(1) << 40
 )
 
 // catalogOp is an announcement queued for the catalog goroutine.
@@ -319,7 +322,7 @@ func (w *RedisServiceWatcher) collect(ctx context.Context) {
 func (w *RedisServiceWatcher) collectTable(ctx context.Context, table, score string) {
 	keys := protocol.TableKeys(w.conf.KeyPrefix, table)
 	retention := w.conf.TableRetention.Milliseconds()
-	args := protocol.ScriptArgs(keys, retention, gcReapLimit, newToken(), retention)
+	args := protocol.ScriptArgs(keys, gcSilence, gcReapLimit, newToken(), retention)
 	res, err := scriptGC.Run(ctx, w.client, keys.Script(), args...).Slice()
 	w.noteRoundTrip(err)
 	if err != nil || len(res) == 0 {

@@ -1,7 +1,9 @@
--- The collection of an emptied table. Callers pass the retention as the
--- silence (ARGV 2), so the mass-expiry guard acts only on a table that no
--- script touched for longer than that, and a large reap limit (ARGV 3), so the
--- prelude reaps what nobody heartbeats or watches any more.
+-- The collection of an emptied table. Callers pass a silence (ARGV 2) that
+-- never elapses (2^40 ms), so the mass-expiry guard never acts here: a table
+-- is a candidate only when nothing touched it in the catalog for the
+-- retention, so its expired entries are dead, not frozen out. And a large
+-- reap limit (ARGV 3), so the prelude reaps what nobody heartbeats or watches
+-- any more.
 -- ARGV: 5 retention ms
 -- Returns {'gone'} (the table has no keys), {'live'} (an instance's deadline
 -- is ahead), {'reaping'} (expired entries are left for the next call),

@@ -31,11 +31,12 @@ local function decode(rec)
   return {}
 end
 
--- A record's own TTL, or twice the silence (the caller's TTL) if it has none.
+-- A record's own TTL, or twice the silence (the caller's TTL) if it has none,
+-- at most a day (the collection passes a silence that never elapses).
 local function ttlOf(rec)
   local ttl = tonumber(decode(rec or '').ttl)
   if ttl and ttl > 0 then return ttl end
-  return 2 * silence
+  return math.min(2 * silence, 86400000)
 end
 
 -- Repair. A key of the wrong type or a revision that is not an integer is

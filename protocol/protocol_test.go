@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"reflect"
 	"regexp"
 	"strconv"
@@ -65,11 +66,55 @@ func TestRecordAndMessageRoundTrip(t *testing.T) {
 	}
 }
 
+// tableScripts and catalogScripts are every script a client sends, by the
+// name PROTOCOL.md gives it: the table scripts are the prelude followed by a
+// body, the catalog scripts are their file alone.
+var (
+	tableScripts = map[string]string{"register": Register, "heartbeat": Heartbeat, "update": Update,
+		"deregister": Deregister, "check": Check, "load": Load, "gc": GC}
+	catalogScripts = map[string]string{"catalog_touch": CatalogTouch, "catalog_drop": CatalogDrop,
+		"catalog_due": CatalogDue}
+)
+
 func TestScriptsShareThePrelude(t *testing.T) {
-	for name, src := range map[string]string{"register": Register, "heartbeat": Heartbeat, "update": Update,
-		"deregister": Deregister, "check": Check, "load": Load} {
+	for name, src := range tableScripts {
 		if !strings.HasPrefix(src, prelude) || len(src) == len(prelude) {
 			t.Errorf("%s: not the prelude followed by a body", name)
+		}
+	}
+	for name, src := range catalogScripts {
+		if strings.Contains(src, prelude) || src == "" {
+			t.Errorf("%s: the catalog scripts are sent without the prelude", name)
+		}
+	}
+}
+
+// TestEveryScriptFileIsAScript fails when a .lua file is added to scripts/
+// without being listed here, and so in PROTOCOL.md's table below.
+func TestEveryScriptFileIsAScript(t *testing.T) {
+	files, err := os.ReadDir("scripts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		name, ok := strings.CutSuffix(f.Name(), ".lua")
+		if !ok || name == "prelude" {
+			continue
+		}
+		raw, err := os.ReadFile("scripts/" + f.Name())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if src, ok := tableScripts[name]; ok {
+			if src != prelude+string(raw) {
+				t.Errorf("%s: the Go text is not prelude.lua + %s", name, f.Name())
+			}
+		} else if src, ok := catalogScripts[name]; ok {
+			if src != string(raw) {
+				t.Errorf("%s: the Go text is not %s", name, f.Name())
+			}
+		} else {
+			t.Errorf("scripts/%s is not a known script: add it to the lists of this test and to PROTOCOL.md 6.1", f.Name())
 		}
 	}
 }
@@ -81,19 +126,82 @@ func TestProtocolDocScriptDigests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	row := regexp.MustCompile("(?m)^\\| (register|heartbeat|update|deregister|check|load) \\| ([0-9]+) \\| `([0-9a-f]{40})` \\|$")
+	scripts := map[string]string{}
+	for name, src := range tableScripts {
+		scripts[name] = src
+	}
+	for name, src := range catalogScripts {
+		scripts[name] = src
+	}
+	row := regexp.MustCompile("(?m)^\\| ([a-z_]+) \\| ([0-9]+) \\| `([0-9a-f]{40})` \\|$")
 	found := map[string]bool{}
-	scripts := map[string]string{"register": Register, "heartbeat": Heartbeat, "update": Update,
-		"deregister": Deregister, "check": Check, "load": Load}
 	for _, m := range row.FindAllStringSubmatch(string(doc), -1) {
 		name, size, digest := m[1], m[2], m[3]
-		src := scripts[name]
+		src, ok := scripts[name]
+		if !ok {
+			t.Errorf("PROTOCOL.md lists a script %q that does not exist", name)
+			continue
+		}
+		if found[name] {
+			t.Errorf("PROTOCOL.md lists %s twice", name)
+		}
 		found[name] = true
 		if got := fmt.Sprintf("%x", sha1.Sum([]byte(src))); got != digest || strconv.Itoa(len(src)) != size {
 			t.Errorf("PROTOCOL.md says %s is %s bytes with SHA-1 %s; it is %d bytes, %s", name, size, digest, len(src), got)
 		}
 	}
-	if len(found) != len(scripts) {
-		t.Errorf("PROTOCOL.md lists %d of the %d scripts", len(found), len(scripts))
+	for name := range scripts {
+		if !found[name] {
+			t.Errorf("PROTOCOL.md does not list %s in its table of sizes and SHA-1s", name)
+		}
+	}
+}
+
+func TestCatalogKeys(t *testing.T) {
+	k := Catalog("svcwatch")
+	want := CatalogKeys{Tables: "svcwatch:catalog:{svcwatch}:tables", Rev: "svcwatch:catalog:{svcwatch}:rev",
+		Channel: "svcwatch:catalog:{svcwatch}:ch", Seeded: "svcwatch:catalog:{svcwatch}:seeded"}
+	if k != want {
+		t.Fatalf("Catalog = %+v", k)
+	}
+	if s := k.Script(); len(s) != 2 || s[0] != k.Tables || s[1] != k.Rev {
+		t.Errorf("Script() = %v: the catalog scripts take tables, rev", s)
+	}
+	// A catalog key is never taken for a table's: a SCAN for tables never
+	// finds it, and a table cannot be named so that its keys are the catalog's.
+	for _, name := range []string{k.Tables, k.Rev, k.Channel, k.Seeded} {
+		for _, suffix := range []string{"tables", "rev", "ch", "seeded"} {
+			if got, ok := TableOf("svcwatch", suffix, name); ok {
+				t.Errorf("TableOf(%q, %q) took a catalog key for table %q", suffix, name, got)
+			}
+		}
+		if got, ok := TableOfKey("svcwatch", name); ok {
+			t.Errorf("TableOfKey(%q) took a catalog key for table %q", name, got)
+		}
+		// path.Match reads these patterns as Redis does ("svcwatch" has no glob
+		// characters to escape, and no '/' is involved).
+		for _, pattern := range []string{InstPattern("svcwatch"), TablePattern("svcwatch")} {
+			if ok, _ := path.Match(pattern, name); ok {
+				t.Errorf("the SCAN pattern %q for tables matches the catalog key %q", pattern, name)
+			}
+		}
+	}
+}
+
+func TestCatalogMessages(t *testing.T) {
+	// As catalog_touch and catalog_drop write them: cjson escapes '/'.
+	for payload, want := range map[string]CatalogMessage{
+		`{"op":"add","table":"mygame\/prod\/game","r":1}`:  {Op: CatalogAdd, Table: "mygame/prod/game", Rev: 1},
+		`{"op":"del","table":"a","r":7,"later":"ignored"}`: {Op: CatalogDel, Table: "a", Rev: 7},
+	} {
+		if got, err := DecodeCatalogMessage(payload); err != nil || got != want {
+			t.Errorf("DecodeCatalogMessage(%s) = %+v, %v; want %+v", payload, got, err, want)
+		}
+	}
+	for _, bad := range []string{`{junk`, `{"op":"upd","table":"a","r":1}`, `{"op":"add","table":"","r":1}`,
+		`{"op":"add","table":"a","r":0}`, `{"op":"add","table":"a"}`, `{"op":"del","table":"a","r":"1"}`} {
+		if m, err := DecodeCatalogMessage(bad); !errors.Is(err, ErrBadData) {
+			t.Errorf("DecodeCatalogMessage(%s) = %+v, %v; want ErrBadData", bad, m, err)
+		}
 	}
 }

@@ -2,7 +2,8 @@
 -- hash tag, so they live in one Cluster slot.
 -- KEYS: 1 inst (HASH id -> record), 2 exp (ZSET id -> deadline ms), 3 rev, 4 epoch,
 --       5 meta (HASH: last = server ms of the latest call, guard = of the latest guard,
---       tok = the token of the latest change, n = the number of records)
+--       tok = the token of the latest change, n = the number of records,
+--       empty = server ms since when the table has had no record)
 -- ARGV: 1 channel, 2 silence ms (half the caller's TTL), 3 reap limit,
 --       4 a fresh random token: the epoch if the table needs a new one, and the
 --       stem of this call's change tokens
@@ -30,11 +31,12 @@ local function decode(rec)
   return {}
 end
 
--- A record's own TTL, or twice the silence (the caller's TTL) if it has none.
+-- A record's own TTL, or twice the silence (the caller's TTL) if it has none,
+-- at most a day (the collection passes a silence that never elapses).
 local function ttlOf(rec)
   local ttl = tonumber(decode(rec or '').ttl)
   if ttl and ttl > 0 then return ttl end
-  return 2 * silence
+  return math.min(2 * silence, 86400000)
 end
 
 -- Repair. A key of the wrong type or a revision that is not an integer is
@@ -84,6 +86,10 @@ do
   end
 end
 
+-- present: the table has keys. A table that has none (never written, or
+-- collected) is left without any: reading it writes nothing.
+local present = redis.call('EXISTS', kInst, kExp, kRev, kEpoch, kMeta) > 0
+
 local function epoch()
   local e = redis.call('GET', kEpoch)
   if not e then
@@ -93,9 +99,17 @@ local function epoch()
   return e
 end
 
--- settle records the number of records, which the repair above checks.
+-- settle records the number of records, which the repair above checks, and
+-- since when the table has had none (the catalog's collection reads it).
 local function settle()
-  redis.call('HSET', kMeta, 'n', redis.call('HLEN', kInst))
+  local n = redis.call('HLEN', kInst)
+  if n > 0 then
+    redis.call('HSET', kMeta, 'n', n)
+    redis.call('HDEL', kMeta, 'empty')
+  elseif redis.call('EXISTS', kRev, kEpoch, kMeta) > 0 then
+    redis.call('HSET', kMeta, 'n', 0)
+    redis.call('HSETNX', kMeta, 'empty', now)
+  end
 end
 
 -- publish bumps the revision and tells the watchers about one change. Each
@@ -142,7 +156,7 @@ end
 -- TTL, at most once per 2 x silence, so the live ones can heartbeat again and
 -- the dead ones are reaped one TTL later.
 local guarded = false
-do
+if present then
   local last = tonumber(redis.call('HGET', kMeta, 'last') or 0) or 0
   redis.call('HSET', kMeta, 'last', now)
   if last > 0 and now - last > silence then
@@ -163,7 +177,7 @@ end
 
 -- Reap a few expired entries of this table; the heartbeat carries this, so
 -- reaping costs no round trip of its own.
-if not guarded then
+if present and not guarded then
   local ids = redis.call('ZRANGEBYSCORE', kExp, '-inf', now, 'LIMIT', 0, reapLimit)
   for _, id in ipairs(ids) do
     redis.call('ZREM', kExp, id)

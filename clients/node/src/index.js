@@ -4,4 +4,4 @@
 export { Watcher } from './watcher.js';
 export { SvcwatchError, InvalidError, DuplicateIDError, StoppedError, ReplacedError } from './errors.js';
 export { hash32, weight, buildRoute, pickRoute, pickNRoute } from './pick.js';
-export { tableKeys } from './protocol.js';
+export { tableKeys, catalogKeys } from './protocol.js';

@@ -13,15 +13,27 @@ export function tableKeys(prefix, table) {
   return keys;
 }
 
-// Every script is the prelude followed by its own body, byte for byte as in
-// protocol/scripts (copied into ../scripts by `npm run sync-scripts`).
+// The catalog of the tables under a prefix (protocol/catalog.go):
+// "prefix:catalog:{prefix}:suffix", in a Cluster slot of its own; script is
+// the KEYS of catalog_touch and catalog_drop.
+export function catalogKeys(prefix) {
+  const base = `${prefix}:catalog:{${prefix}}:`;
+  const keys = { tables: base + 'tables', rev: base + 'rev', channel: base + 'ch', seeded: base + 'seeded' };
+  keys.script = [keys.tables, keys.rev];
+  return keys;
+}
+
+// Every table script is the prelude followed by its own body, byte for byte as
+// in protocol/scripts (copied into ../scripts by `npm run sync-scripts`); a
+// catalog script is its file alone (PROTOCOL.md, 6.1). gc and catalog_due are
+// here for completeness: this client does not collect.
 const lua = (name) => readFileSync(new URL(`../scripts/${name}.lua`, import.meta.url), 'utf8');
 const prelude = lua('prelude');
+const script = (name, src) => ({ name, src, sha: createHash('sha1').update(src).digest('hex') });
 export const SCRIPTS = {};
-for (const name of ['register', 'heartbeat', 'update', 'deregister', 'check', 'load']) {
-  const src = prelude + lua(name);
-  SCRIPTS[name] = { name, src, sha: createHash('sha1').update(src).digest('hex') };
-}
+for (const name of ['register', 'heartbeat', 'update', 'deregister', 'check', 'load', 'gc']) SCRIPTS[name] = script(name, prelude + lua(name));
+export const CATALOG_SCRIPTS = {};
+for (const name of ['catalog_touch', 'catalog_drop', 'catalog_due']) CATALOG_SCRIPTS[name] = script(name, lua(name));
 
 export const REAP_LIMIT = 16;
 

@@ -7,10 +7,14 @@
 import { EventEmitter } from 'node:events';
 import { InvalidError, DuplicateIDError, StoppedError, ReplacedError, SvcwatchError } from './errors.js';
 import { configure, descProblem, metaProblem, stateProblem } from './validate.js';
-import { tableKeys, SCRIPTS, REAP_LIMIT, token, encodeMeta, makeInstance, decodeRecord, decodeMessage } from './protocol.js';
+import { tableKeys, catalogKeys, SCRIPTS, CATALOG_SCRIPTS, REAP_LIMIT, token, encodeMeta, makeInstance, decodeRecord, decodeMessage } from './protocol.js';
 import { View, byId } from './view.js';
 
 const EARLY_MAX = 1024, HISTORY = 256, SILENT_MOVES_MAX = 2, LOG_ONCE_MAX = 1024;
+// CATALOG_EVERY: how often a registered process touches its table in the
+// catalog (less up to a quarter at random), as often as Go's collection pass
+// at its longest, so that a live table is never due for collection.
+const CATALOG_EVERY = 10 * 60 * 1000;
 
 // isReply tells an error reply of Redis (it answered) from a failed round trip.
 const isReply = (err) => {
@@ -50,6 +54,9 @@ export class Watcher extends EventEmitter {
     this._view = new View(conf.watchOnly ? '' : `${me.table}/${me.id}`, (ev, args) => this._tell(ev, args));
     this._st = { connected: false, registered: false, confirmedAt: 0, heartbeats: 0, reregistrations: 0, fullLoads: 0, events: 0, lastSync: 0 };
     this._recVer = ''; // the version of self's record written last
+    this._cat = catalogKeys(conf.keyPrefix);
+    this._catalogDue = false; // adding self's table to the catalog failed: the heartbeat tries again
+    this._catalogNext = 0; // when the heartbeat touches self's table in the catalog again
     this._regTail = Promise.resolve(); // serialises register, update, deregister
     this._regBusy = 0;
     this._subs = new Set();
@@ -167,6 +174,24 @@ export class Watcher extends EventEmitter {
     }
     me.registeredAt = Number(res[1]);
     this._confirm();
+    await this._touchCatalog();
+  }
+
+  // _touchCatalog adds self's table to the catalog of tables, or raises its
+  // score (PROTOCOL.md, 7.15), as the Go library does after every
+  // registration and at every collection pass: a second call, idempotent, best
+  // effort. A failure is logged and tried again at the next heartbeats.
+  async _touchCatalog() {
+    const cat = this._cat;
+    try {
+      await this._evalKeys(CATALOG_SCRIPTS.catalog_touch, cat.script, [cat.channel, this._me.table, '']);
+      if (this._catalogDue) this._log.info?.('svcwatch: added the table to the catalog', this._me.table);
+      this._catalogDue = false;
+      this._catalogNext = Date.now() + CATALOG_EVERY - Math.random() * (CATALOG_EVERY / 4);
+    } catch (err) {
+      if (!this._catalogDue) this._log.warn?.('svcwatch: adding the table to the catalog failed; trying again at the next heartbeat', this._me.table, err.message);
+      this._catalogDue = true;
+    }
   }
 
   // _updateLocked writes self's record over this incarnation's (a new
@@ -223,6 +248,7 @@ export class Watcher extends EventEmitter {
     if (res === 'ok' || res === 'stale') {
       this._st.heartbeats++;
       this._confirm();
+      if (this._catalogDue || Date.now() >= this._catalogNext) await this._touchCatalog();
       // stale: Redis holds an older record than this process wrote (a failover
       // lost the write): write it again, so that every watcher converges on it.
       if (res === 'stale') {
@@ -263,9 +289,13 @@ export class Watcher extends EventEmitter {
 
   // _eval runs a script on the table's keys with the arguments every script
   // takes, EVALSHA first; a call is bounded by ms (the keepalive interval).
-  async _eval(script, ts, extra = [], ms = this._c.keepAlive) {
-    const args = [String(ts.keys.script.length), ...ts.keys.script, ts.keys.channel, String(Math.floor(this._c.ttl / 2)),
-      String(REAP_LIMIT), token(), ...extra.map(String)];
+  _eval(script, ts, extra = [], ms = this._c.keepAlive) {
+    return this._evalKeys(script, ts.keys.script, [ts.keys.channel, Math.floor(this._c.ttl / 2), REAP_LIMIT, token(), ...extra], ms);
+  }
+
+  // _evalKeys runs a script (EVALSHA, then EVAL on NOSCRIPT) on keys with argv.
+  async _evalKeys(script, keys, argv, ms = this._c.keepAlive) {
+    const args = [String(keys.length), ...keys, ...argv.map(String)];
     try {
       let res;
       try {

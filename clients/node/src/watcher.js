@@ -512,7 +512,10 @@ export class Watcher extends EventEmitter {
     const newEpoch = ts.loaded && ts.epoch !== '' && epoch !== ts.epoch;
     const rewritten = ts.diverged || (sameEpoch && rev <= ts.rev && hist(rev) !== tok);
     let hold = 0;
-    if (newEpoch || rewritten) hold = ts.holdExpiredUntil = now + this._c.ttl;
+    // An empty view has nothing to hold back: the table was collected (and
+    // maybe re-created), or it was empty when Redis lost it.
+    const viewEmpty = (this._view.tables.get(ts.table)?.size ?? 0) === 0;
+    if ((newEpoch || rewritten) && !viewEmpty) hold = ts.holdExpiredUntil = now + this._c.ttl;
     if (newEpoch || rewritten || ts.epoch !== epoch) ts.history = new Map();
     ts.epoch = epoch;
     ts.diverged = false;

@@ -48,7 +48,7 @@ type queued struct {
 
 func newDispatcher(handlers []Handler, skipKey string, log *slog.Logger) *dispatcher {
 	return &dispatcher{
-		handlers: handlers,
+		handlers: append([]Handler(nil), handlers...), // AddHandler appends to it
 		skipKey:  skipKey,
 		log:      log,
 		wake:     make(chan struct{}, 1),

@@ -222,6 +222,10 @@ type Watcher interface {
 	Lookup(table, id string) (Instance, bool)
 	// Stats returns counters and health of the watcher.
 	Stats() Stats
+	// AddHandler adds a handler to a built watcher (adapters attach this
+	// way): it is told OnAdd for every peer already known, then every change;
+	// remove stops it.
+	AddHandler(h Handler) (remove func())
 }
 
 // Stats describes a watcher's health. All counters start at zero at construction.

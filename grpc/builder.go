@@ -2,18 +2,22 @@
 // svcwatch watcher, so that grpc-go's own load balancing (round_robin,
 // ring_hash, ...) spreads calls over the serving instances of a table:
 //
-//	b := svcwatchgrpc.NewBuilder()
-//	w, err := svcwatch.NewRedisServiceWatcher(client, self, svcwatch.WithHandler(b))
+//	w, err := svcwatch.NewRedisServiceWatcher(client, self)
 //	if err != nil { ... }
-//	b.Attach(w)
+//	b := svcwatchgrpc.NewBuilder(w) // attaches to w as one of its handlers
+//	defer b.Close(ctx)              // after the ClientConns close
 //	conn, err := grpc.NewClient("svcwatch:///mygame/prod/v1/login",
-//		grpc.WithResolvers(b), // or resolver.Register(b) once, at init
+//		grpc.WithResolvers(b),
 //		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`),
 //		grpc.WithTransportCredentials(insecure.NewCredentials()))
 //
-// The Builder is both the resolver.Builder and a svcwatch.Handler: the watcher
-// tells it of every change, and it passes the table's new endpoint list to
-// every ClientConn on that table at once.
+// The Builder is a resolver.Builder over a watcher built elsewhere: it adds a
+// handler to the watcher (svcwatch.Watcher.AddHandler), which tells it of
+// every change, and it passes the table's new endpoint list to every
+// ClientConn on that table at once. Instead of grpc.WithResolvers on each
+// ClientConn, resolver.Register(b) makes the scheme global; grpc-go wants
+// that done before any ClientConn is created (it is not safe concurrently
+// with grpc.NewClient).
 //
 // What a ClientConn gets: one endpoint per Serving instance with a positive
 // weight (Instance.Weight, as Pick), whose address is the instance's Name.
@@ -30,8 +34,8 @@
 // the tables it added once no ClientConn needs them.
 package svcwatchgrpc
 
-// builder.go: Builder, its options, Attach, the Handler side and the tables it
-// watches for its ClientConns.
+// builder.go: Builder, its options, its handler on the watcher and the tables
+// it watches for its ClientConns.
 
 import (
 	"context"
@@ -40,7 +44,6 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/resolver"
@@ -56,32 +59,19 @@ const Scheme = "svcwatch"
 // more (see WithUnwatchTimeout).
 const DefaultUnwatchTimeout = 10 * time.Second
 
-// Watcher is what the Builder uses of a watcher. Every svcwatch.Watcher
-// (RedisServiceWatcher, the other backends) has these methods.
-type Watcher interface {
-	Watch(ctx context.Context, table string) error
-	Unwatch(ctx context.Context, table string) error
-	Tables() []string
-	Services(table string) []svcwatch.Instance
-}
-
-// ErrNotAttached is returned by Build when no watcher was attached yet.
-var ErrNotAttached = errors.New("svcwatch/grpc: no watcher attached to the builder (call Attach)")
-
 // ErrClosed is returned by Build after Close.
 var ErrClosed = errors.New("svcwatch/grpc: builder closed")
 
-// Builder is a grpc resolver.Builder for the scheme "svcwatch" and the
-// svcwatch.Handler that tells its resolvers of changes. Build it with
-// NewBuilder, give it to svcwatch.WithHandler, and Attach the watcher before
-// the first ClientConn resolves through it. Its methods are safe for
-// concurrent use.
+// Builder is a grpc resolver.Builder for the scheme "svcwatch" over one
+// watcher. Build it with NewBuilder; Close it after its ClientConns. Its
+// methods are safe for concurrent use.
 type Builder struct {
 	scheme         string
 	log            *slog.Logger
 	unwatchTimeout time.Duration
 
-	w atomic.Pointer[watcherBox]
+	w      svcwatch.Watcher
+	remove func() // removes the Builder's handler from w; idempotent
 
 	mu     sync.Mutex
 	closed bool
@@ -91,9 +81,6 @@ type Builder struct {
 	unwatching int
 	idle       chan struct{}
 }
-
-// watcherBox lets an interface value live in an atomic.Pointer.
-type watcherBox struct{ w Watcher }
 
 // tableRef is what the Builder knows of one table its resolvers resolve.
 // refs, resolvers and owned are guarded by Builder.mu; watchMu serializes the
@@ -133,12 +120,22 @@ func WithUnwatchTimeout(d time.Duration) Option {
 	}
 }
 
-// NewBuilder returns a Builder with no watcher attached.
-func NewBuilder(opts ...Option) *Builder {
+// NewBuilder returns a Builder that resolves through w, built (and usually
+// started) by the caller, and adds the Builder's handler to w
+// (w.AddHandler), so that every change of a table reaches its ClientConns;
+// Close removes it. Tables the Builder watches for its ClientConns are
+// unwatched when no ClientConn needs them; the others are left alone. Use one
+// Builder per watcher (two would unwatch each other's tables). A nil w is a
+// programming error and panics.
+func NewBuilder(w svcwatch.Watcher, opts ...Option) *Builder {
+	if w == nil {
+		panic("svcwatch/grpc: NewBuilder(nil watcher)")
+	}
 	b := &Builder{
 		scheme:         Scheme,
 		log:            slog.Default(),
 		unwatchTimeout: DefaultUnwatchTimeout,
+		w:              w,
 		tables:         make(map[string]*tableRef),
 	}
 	for _, o := range opts {
@@ -146,22 +143,16 @@ func NewBuilder(opts ...Option) *Builder {
 			o(b)
 		}
 	}
+	// Every event only wakes the resolvers of its table, which read the
+	// watcher's current view: so the peers replayed to a late handler and
+	// the changes after it need nothing more. Build cannot run before this
+	// returns, so no resolver can miss a change.
+	b.remove = w.AddHandler(svcwatch.HandlerFuncs{
+		Add:    func(inst svcwatch.Instance) { b.changed(inst.Table) },
+		Update: func(_, cur svcwatch.Instance) { b.changed(cur.Table) },
+		Remove: func(inst svcwatch.Instance) { b.changed(inst.Table) },
+	})
 	return b
-}
-
-// Attach sets the watcher the Builder resolves through, once: call it when
-// the watcher is built, before the first ClientConn resolves. The Builder
-// must be one of the watcher's handlers (svcwatch.WithHandler), or its
-// ClientConns see only the list of the moment they were built. A nil w or a
-// second Attach is a programming error and panics (the Builder's bookkeeping
-// of the tables it watched belongs to one watcher).
-func (b *Builder) Attach(w Watcher) {
-	if w == nil {
-		panic("svcwatch/grpc: Attach(nil)")
-	}
-	if !b.w.CompareAndSwap(nil, &watcherBox{w: w}) {
-		panic("svcwatch/grpc: Attach called twice; use one Builder per watcher")
-	}
 }
 
 // Scheme returns the URI scheme the Builder serves. It implements
@@ -173,10 +164,6 @@ func (b *Builder) Scheme() string { return b.scheme }
 // cannot) and then reports the table's serving endpoints to cc, again after
 // every change. grpc calls it; it implements resolver.Builder.
 func (b *Builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolver.BuildOptions) (resolver.Resolver, error) {
-	box := b.w.Load()
-	if box == nil {
-		return nil, ErrNotAttached
-	}
 	if target.URL.Host != "" {
 		return nil, fmt.Errorf("svcwatch/grpc: target %q: an authority is not supported; use %s:///<table>", target.URL.String(), b.scheme)
 	}
@@ -186,7 +173,7 @@ func (b *Builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolv
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &svcResolver{
-		w: box.w, table: table, cc: cc,
+		w: b.w, table: table, cc: cc,
 		ctx: ctx, cancel: cancel,
 		wake: make(chan struct{}, 1), done: make(chan struct{}),
 	}
@@ -206,15 +193,15 @@ func (b *Builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolv
 	ref.resolvers[r] = struct{}{}
 	b.mu.Unlock()
 
-	r.ensureWatched = func(ctx context.Context) error { return b.ensureWatched(ctx, box.w, table, ref) }
-	r.release = func() { b.release(box.w, table, ref, r) }
+	r.ensureWatched = func(ctx context.Context) error { return b.ensureWatched(ctx, b.w, table, ref) }
+	r.release = func() { b.release(b.w, table, ref, r) }
 	go r.run()
 	return r, nil
 }
 
 // ensureWatched watches table unless the watcher already does (then the
 // table is its user's and never unwatched by the Builder).
-func (b *Builder) ensureWatched(ctx context.Context, w Watcher, table string, ref *tableRef) error {
+func (b *Builder) ensureWatched(ctx context.Context, w svcwatch.Watcher, table string, ref *tableRef) error {
 	ref.watchMu.Lock()
 	defer ref.watchMu.Unlock()
 	b.mu.Lock()
@@ -236,7 +223,7 @@ func (b *Builder) ensureWatched(ctx context.Context, w Watcher, table string, re
 // watched the table, it unwatches it on a goroutine of its own: Unwatch waits
 // for the watcher's handlers, and a handler may be what closed the ClientConn
 // (grpc's Close waits for the resolver's).
-func (b *Builder) release(w Watcher, table string, ref *tableRef, r *svcResolver) {
+func (b *Builder) release(w svcwatch.Watcher, table string, ref *tableRef, r *svcResolver) {
 	b.mu.Lock()
 	delete(ref.resolvers, r)
 	ref.refs--
@@ -258,7 +245,7 @@ func (b *Builder) release(w Watcher, table string, ref *tableRef, r *svcResolver
 
 // unwatch unwatches a table the Builder watched, unless a ClientConn came for
 // it meanwhile.
-func (b *Builder) unwatch(w Watcher, table string, ref *tableRef) {
+func (b *Builder) unwatch(w svcwatch.Watcher, table string, ref *tableRef) {
 	defer b.unwatchDone()
 	ref.watchMu.Lock()
 	defer ref.watchMu.Unlock()
@@ -294,12 +281,15 @@ func (b *Builder) unwatchDone() {
 	}
 }
 
-// Close makes later Builds fail and waits until the Unwatch calls of closed
-// ClientConns have returned (each is bounded by the unwatch timeout) or ctx
-// ends. Call it after closing the ClientConns and before stopping the
-// watcher, e.g. at shutdown or at the end of a test; a Builder that lives as
-// long as the process needs no Close. Idempotent.
+// Close removes the Builder's handler from the watcher, makes later Builds
+// fail with ErrClosed and waits until the Unwatch calls of closed ClientConns
+// have returned (each is bounded by the unwatch timeout) or ctx ends. Call it
+// after closing the ClientConns (a ClientConn still open gets no more
+// changes) and before stopping the watcher, e.g. at shutdown or at the end of
+// a test; a Builder that lives as long as its watcher needs no Close.
+// Idempotent.
 func (b *Builder) Close(ctx context.Context) error {
+	b.remove()
 	b.mu.Lock()
 	b.closed = true
 	idle := b.idle
@@ -314,15 +304,6 @@ func (b *Builder) Close(ctx context.Context) error {
 		return fmt.Errorf("svcwatch/grpc: close: %w", ctx.Err())
 	}
 }
-
-// OnAdd tells the resolvers of inst's table. It implements svcwatch.Handler.
-func (b *Builder) OnAdd(inst svcwatch.Instance) { b.changed(inst.Table) }
-
-// OnUpdate tells the resolvers of cur's table. It implements svcwatch.Handler.
-func (b *Builder) OnUpdate(_, cur svcwatch.Instance) { b.changed(cur.Table) }
-
-// OnRemove tells the resolvers of inst's table. It implements svcwatch.Handler.
-func (b *Builder) OnRemove(inst svcwatch.Instance) { b.changed(inst.Table) }
 
 // changed wakes every resolver of table; it never blocks, so the watcher's
 // events are never held up by a ClientConn.

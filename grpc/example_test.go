@@ -48,20 +48,19 @@ func Example() {
 	}
 	defer login.Stop(ctx)
 
-	// The gate: its watcher tells the builder of every change.
-	b := svcwatchgrpc.NewBuilder()
+	// The gate: its own watcher, built and started as usual; the builder
+	// attaches to it and hears of every change from then on.
 	gate, err := svcwatch.NewRedisServiceWatcher(client,
-		svcwatch.Instance{Table: svcwatch.Path("mygame", "prod", "v1", "gate"), ID: "gate-1", Name: "10.0.0.2:7000"},
-		svcwatch.WithHandler(b))
+		svcwatch.Instance{Table: svcwatch.Path("mygame", "prod", "v1", "gate"), ID: "gate-1", Name: "10.0.0.2:7000"})
 	if err != nil {
 		panic(err)
 	}
-	b.Attach(gate)
 	if err := gate.Start(ctx); err != nil {
 		panic(err)
 	}
 	defer gate.Stop(ctx)
-	defer b.Close(ctx) // after the ClientConn closes: waits for the unwatch of its table
+	b := svcwatchgrpc.NewBuilder(gate)
+	defer b.Close(ctx) // after the ClientConn closes: detaches, waits for the unwatch of its table
 
 	conn, err := grpc.NewClient("svcwatch:///"+logins,
 		grpc.WithResolvers(b),

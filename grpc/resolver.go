@@ -23,7 +23,7 @@ const (
 // svcResolver resolves one table for one ClientConn. Its goroutine (run) is
 // owned by the resolver: Close ends it and waits for it.
 type svcResolver struct {
-	w     Watcher
+	w     svcwatch.Watcher
 	table string
 	cc    resolver.ClientConn
 

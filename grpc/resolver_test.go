@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/resolver"
 
 	"github.com/svcwatch/svcwatch"
 	svcwatchgrpc "github.com/svcwatch/svcwatch/grpc"
@@ -23,14 +24,14 @@ import (
 
 const roundRobin = `{"loadBalancingConfig":[{"round_robin":{}}]}`
 
-// client starts a watch-only watcher (a gateway's) with a Builder as its
-// handler; the Builder is closed at the end of t, before the watcher stops.
+// client starts a watch-only watcher (a gateway's), then a Builder over it,
+// as a user with a watcher of their own does; the Builder is closed at the
+// end of t, before the watcher stops.
 func client(t *testing.T, srv *redistest.Server, table string, opts ...svcwatch.Option) (*svcwatchgrpc.Builder, *svcwatch.RedisServiceWatcher) {
 	t.Helper()
-	b := svcwatchgrpc.NewBuilder()
 	w := startWatcher(t, srv.Client(t), svcwatch.Instance{Table: table},
-		append([]svcwatch.Option{svcwatch.WatchOnly(), svcwatch.WithHandler(b)}, opts...)...)
-	b.Attach(w)
+		append([]svcwatch.Option{svcwatch.WatchOnly()}, opts...)...)
+	b := svcwatchgrpc.NewBuilder(w)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		defer cancel()
@@ -285,4 +286,40 @@ func TestBuilderUnwatchesWhatItWatched(t *testing.T) {
 	if got := gate.Services(login); len(got) != 0 {
 		t.Fatalf("Services(%s) after unwatch = %v", login, got)
 	}
+}
+
+// TestGlobalRegistration resolves through a Builder registered with
+// resolver.Register under a scheme of its own, with no WithResolvers, on a
+// watcher that already watches the table (and knows its peer when the
+// Builder attaches); a server that joins later gets calls too.
+func TestGlobalRegistration(t *testing.T) {
+	srv := redistest.StartServer(t, redistest.ServerOptions{})
+	login := svcwatch.Path("grpctest", "prod", "v1", "login")
+	startServer(t, srv.Client(t), login, "login-1", "127.0.0.1:0")
+	gate := startWatcher(t, srv.Client(t), svcwatch.Instance{Table: svcwatch.Path("grpctest", "prod", "v1", "gate")},
+		svcwatch.WatchOnly(), svcwatch.WithTables(login))
+	b := svcwatchgrpc.NewBuilder(gate, svcwatchgrpc.WithScheme("svcwatch-global-test"))
+	t.Cleanup(func() { _ = b.Close(context.Background()) })
+	resolver.Register(b) // before any ClientConn on the scheme, as grpc-go asks
+
+	cc, err := grpc.NewClient("svcwatch-global-test:///"+login,
+		grpc.WithDefaultServiceConfig(roundRobin), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	c := testpb.NewTestServiceClient(cc)
+	ctx := context.Background()
+	if id, err := call(ctx, c); err != nil || id != "login-1" {
+		t.Fatalf("call through the registered scheme: answered by %q, %v", id, err)
+	}
+	startServer(t, srv.Client(t), login, "login-2", "127.0.0.1:0")
+	took := eventually(t, "login-2 gets calls", func() error {
+		got, err := spread(ctx, c, 20)
+		if err != nil {
+			return err
+		}
+		return exactly(got, "login-1", "login-2")
+	})
+	t.Logf("a server that joined got calls %v after it registered", took)
 }

@@ -4,6 +4,7 @@ package svcwatchgrpc
 // Build errors; no Redis needed.
 
 import (
+	"context"
 	"errors"
 	"net/url"
 	"testing"
@@ -82,32 +83,67 @@ func TestBuildErrors(t *testing.T) {
 		}
 		return resolver.Target{URL: *u}
 	}
-	b := NewBuilder()
-	if b.Scheme() != "svcwatch" || NewBuilder(WithScheme("games")).Scheme() != "games" {
+	w := &stubWatcher{}
+	b := NewBuilder(w)
+	if b.Scheme() != "svcwatch" || NewBuilder(w, WithScheme("games")).Scheme() != "games" {
 		t.Fatal("wrong scheme")
 	}
-	if _, err := b.Build(target("svcwatch:///a/b"), nil, resolver.BuildOptions{}); !errors.Is(err, ErrNotAttached) {
-		t.Fatalf("Build before Attach: %v, want ErrNotAttached", err)
-	}
-	b.Attach(nopWatcher{})
 	for _, s := range []string{"svcwatch://host/a/b", "svcwatch:///"} {
 		if _, err := b.Build(target(s), nil, resolver.BuildOptions{}); err == nil {
 			t.Fatalf("Build(%q) accepted", s)
 		}
 	}
-	for name, f := range map[string]func(){
-		"a second Attach": func() { b.Attach(nopWatcher{}) },
-		"Attach(nil)":     func() { NewBuilder().Attach(nil) },
-	} {
-		func() {
-			defer func() {
-				if recover() == nil {
-					t.Errorf("%s did not panic", name)
-				}
-			}()
-			f()
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Error("NewBuilder(nil) did not panic")
+			}
 		}()
+		NewBuilder(nil)
+	}()
+	if err := b.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Build(target("svcwatch:///a/b"), nil, resolver.BuildOptions{}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Build after Close: %v, want ErrClosed", err)
 	}
 }
 
-type nopWatcher struct{ Watcher }
+// TestBuilderHandler checks that NewBuilder adds one handler to the watcher
+// and Close removes it.
+func TestBuilderHandler(t *testing.T) {
+	w := &stubWatcher{}
+	b := NewBuilder(w)
+	if w.added != 1 {
+		t.Fatalf("NewBuilder added %d handlers to the watcher, want 1", w.added)
+	}
+	// The handler takes any event, for a table with or without resolvers.
+	w.h.OnAdd(svcwatch.Instance{Table: "a/b", ID: "x"})
+	w.h.OnUpdate(svcwatch.Instance{Table: "a/b", ID: "x"}, svcwatch.Instance{Table: "a/b", ID: "x", State: svcwatch.Draining})
+	w.h.OnRemove(svcwatch.Instance{Table: "a/b", ID: "x"})
+	if w.removed != 0 {
+		t.Fatal("the handler was removed before Close")
+	}
+	for i := 0; i < 2; i++ { // Close is idempotent
+		if err := b.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if w.removed == 0 {
+		t.Fatal("Close left the Builder's handler on the watcher")
+	}
+}
+
+// stubWatcher records the handler added to it; its other methods are not
+// called by these tests (the embedded nil interface would panic).
+type stubWatcher struct {
+	svcwatch.Watcher
+	h              svcwatch.Handler
+	added, removed int
+}
+
+func (s *stubWatcher) AddHandler(h svcwatch.Handler) func() {
+	s.h = h
+	s.added++
+	return func() { s.removed++ }
+}

@@ -1,14 +1,13 @@
 // Package svcwatchprom exports a svcwatch watcher's health to Prometheus.
 //
-// A Collector is a prometheus.Collector that reads a watcher at each scrape
-// (Stats, Self, Tables, Services) and a svcwatch.Handler that counts the
-// watcher's events by kind. Give it to the watcher as a handler, attach the
-// watcher once it is built, and register it:
+// A Collector is a prometheus.Collector over a watcher built elsewhere: it
+// reads the watcher at each scrape (Stats, Self, Tables, Services) and counts
+// its events by kind through a handler it adds to the watcher
+// (svcwatch.Watcher.AddHandler). Build it over the watcher and register it:
 //
-//	c := svcwatchprom.NewCollector()
-//	w, err := svcwatch.NewRedisServiceWatcher(client, self, svcwatch.WithHandler(c))
+//	w, err := svcwatch.NewRedisServiceWatcher(client, self)
 //	if err != nil { ... }
-//	c.Attach(w)
+//	c := svcwatchprom.NewCollector(w)
 //	prometheus.MustRegister(c)
 //
 // The metrics, all with the prefix svcwatch_ (see the README for their HELP):
@@ -18,7 +17,7 @@
 //	svcwatch_state{state}                gauge   1 for the state peers see for self, 0 for the others
 //	svcwatch_self_info{table,id,name}    gauge   always 1: who this watcher is
 //	svcwatch_instances{table,state}      gauge   live instances per watched table and state, self included
-//	svcwatch_events_total{kind}          counter handler events: add, update, remove
+//	svcwatch_events_total{kind}          counter events since the collector attached: add, update, remove
 //	svcwatch_heartbeats_total            counter keepalives that succeeded
 //	svcwatch_reregistrations_total       counter times self was found missing and registered again
 //	svcwatch_full_loads_total            counter full reads of a table
@@ -36,35 +35,34 @@ import (
 	"github.com/svcwatch/svcwatch"
 )
 
-// Watcher is what the Collector reads of a watcher at each scrape. Every
-// svcwatch.Watcher (RedisServiceWatcher, the other backends) has these methods.
-type Watcher interface {
-	Self() svcwatch.Instance
-	Stats() svcwatch.Stats
-	Tables() []string
-	Services(table string) []svcwatch.Instance
-}
-
 // states are the svcwatch states, in the order their series are exported.
 var states = [...]svcwatch.State{svcwatch.Serving, svcwatch.Draining, svcwatch.Unhealthy}
 
-// Collector is a prometheus.Collector over one watcher, and the
-// svcwatch.Handler that counts its events. Build it with NewCollector, pass it
-// to svcwatch.WithHandler, then Attach the watcher. Its methods are safe for
-// concurrent use; the handler methods only count, so they never hold up the
-// watcher's events.
+// Collector is a prometheus.Collector over one watcher. Build it with
+// NewCollector and register it; Close it if you drop it while the watcher
+// lives on. Its methods are safe for concurrent use;
+// its handler on the watcher only counts, so it never holds up the watcher's
+// events.
 type Collector struct {
-	w   atomic.Pointer[watcherBox]
-	now func() time.Time // time.Now; tests replace it
+	w      svcwatch.Watcher
+	remove func()           // removes the counter from w's handlers; idempotent
+	now    func() time.Time // time.Now; tests replace it
 
-	adds, updates, removes atomic.Uint64
+	counts *eventCounter
 
 	registered, connected, state, selfInfo, instances *prometheus.Desc
 	events, heartbeats, rereg, fullLoads, syncAge     *prometheus.Desc
 }
 
-// watcherBox lets an interface value live in an atomic.Pointer.
-type watcherBox struct{ w Watcher }
+// eventCounter is the Collector's handler on the watcher: it counts events
+// by kind.
+type eventCounter struct {
+	adds, updates, removes atomic.Uint64
+}
+
+func (e *eventCounter) OnAdd(svcwatch.Instance)         { e.adds.Add(1) }
+func (e *eventCounter) OnUpdate(_, _ svcwatch.Instance) { e.updates.Add(1) }
+func (e *eventCounter) OnRemove(svcwatch.Instance)      { e.removes.Add(1) }
 
 // Option configures a Collector.
 type Option func(*options)
@@ -81,9 +79,16 @@ func WithConstLabels(l prometheus.Labels) Option {
 	return func(o *options) { o.constLabels = l }
 }
 
-// NewCollector returns a Collector with no watcher attached: until Attach it
-// exports only svcwatch_events_total.
-func NewCollector(opts ...Option) *Collector {
+// NewCollector returns a Collector that reads w, built by the caller and
+// started before or after, at each scrape, and adds a handler to w
+// (w.AddHandler) that counts its events for svcwatch_events_total from then
+// on: the peers w already knows count as adds, as they would have for a
+// handler given at construction. Close removes the handler. A nil w is a
+// programming error and panics.
+func NewCollector(w svcwatch.Watcher, opts ...Option) *Collector {
+	if w == nil {
+		panic("svcwatch/prometheus: NewCollector(nil watcher)")
+	}
 	var o options
 	for _, f := range opts {
 		if f != nil {
@@ -93,8 +98,10 @@ func NewCollector(opts ...Option) *Collector {
 	desc := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc("svcwatch_"+name, help, labels, o.constLabels)
 	}
-	return &Collector{
-		now: time.Now,
+	c := &Collector{
+		w:      w,
+		now:    time.Now,
+		counts: &eventCounter{},
 		registered: desc("registered",
 			"1 while this process is registered (confirmed by Redis within one TTL), else 0; always 0 for a watch-only watcher."),
 		connected: desc("connected",
@@ -106,7 +113,7 @@ func NewCollector(opts ...Option) *Collector {
 		instances: desc("instances",
 			"Live instances of each watched table by state, this process included.", "table", "state"),
 		events: desc("events_total",
-			"Discovery events delivered to the watcher's handlers, by kind (add, update, remove).", "kind"),
+			"Discovery events since this collector attached to the watcher, by kind (add, update, remove); the peers known then count as adds.", "kind"),
 		heartbeats: desc("heartbeats_total",
 			"Keepalives of this process's registration that succeeded."),
 		rereg: desc("reregistrations_total",
@@ -116,27 +123,15 @@ func NewCollector(opts ...Option) *Collector {
 		syncAge: desc("last_sync_age_seconds",
 			"Seconds since the watcher last confirmed its view current; absent until the first sync."),
 	}
+	c.remove = w.AddHandler(c.counts)
+	return c
 }
 
-// Attach makes the collector read w at each scrape. Call it once w is built
-// (the collector must already be one of w's handlers to count events);
-// attaching again replaces the watcher.
-func (c *Collector) Attach(w Watcher) {
-	if w == nil {
-		c.w.Store(nil)
-		return
-	}
-	c.w.Store(&watcherBox{w: w})
-}
-
-// OnAdd counts an add event. It implements svcwatch.Handler.
-func (c *Collector) OnAdd(svcwatch.Instance) { c.adds.Add(1) }
-
-// OnUpdate counts an update event. It implements svcwatch.Handler.
-func (c *Collector) OnUpdate(_, _ svcwatch.Instance) { c.updates.Add(1) }
-
-// OnRemove counts a remove event. It implements svcwatch.Handler.
-func (c *Collector) OnRemove(svcwatch.Instance) { c.removes.Add(1) }
+// Close removes the collector's handler from the watcher: svcwatch_events_total
+// stops counting (the other metrics still read the watcher at each scrape).
+// Call it when the collector is dropped but the watcher lives on; a collector
+// that lives as long as its watcher needs no Close. Idempotent.
+func (c *Collector) Close() { c.remove() }
 
 // Describe sends the descriptors of every metric the collector may export.
 // It implements prometheus.Collector.
@@ -149,7 +144,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-// Collect reads the attached watcher and sends the current values. It
+// Collect reads the watcher and sends the current values. It
 // implements prometheus.Collector; the registry calls it at each scrape.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
@@ -158,15 +153,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
-	counter(c.events, c.adds.Load(), "add")
-	counter(c.events, c.updates.Load(), "update")
-	counter(c.events, c.removes.Load(), "remove")
+	counter(c.events, c.counts.adds.Load(), "add")
+	counter(c.events, c.counts.updates.Load(), "update")
+	counter(c.events, c.counts.removes.Load(), "remove")
 
-	box := c.w.Load()
-	if box == nil {
-		return
-	}
-	w := box.w
+	w := c.w
 	st := w.Stats()
 	self := w.Self()
 	gauge(c.registered, boolValue(st.Registered))

@@ -14,11 +14,20 @@ import (
 	"github.com/svcwatch/svcwatch"
 )
 
-// stubWatcher returns fixed values.
+// stubWatcher returns fixed values and keeps the handler added to it; the
+// methods a Collector does not call are left to the nil embedded interface.
 type stubWatcher struct {
-	self   svcwatch.Instance
-	stats  svcwatch.Stats
-	tables map[string][]svcwatch.Instance
+	svcwatch.Watcher
+	self    svcwatch.Instance
+	stats   svcwatch.Stats
+	tables  map[string][]svcwatch.Instance
+	h       svcwatch.Handler
+	removed int
+}
+
+func (s *stubWatcher) AddHandler(h svcwatch.Handler) func() {
+	s.h = h
+	return func() { s.removed++ }
 }
 
 func (s *stubWatcher) Self() svcwatch.Instance { return s.self }
@@ -32,7 +41,6 @@ func (s *stubWatcher) Tables() []string {
 }
 func (s *stubWatcher) Services(t string) []svcwatch.Instance { return s.tables[t] }
 
-var _ svcwatch.Handler = (*Collector)(nil)
 var _ prometheus.Collector = (*Collector)(nil)
 
 func TestCollectorValues(t *testing.T) {
@@ -51,25 +59,22 @@ func TestCollectorValues(t *testing.T) {
 			},
 		},
 	}
-	c := NewCollector()
+	c := NewCollector(w)
 	c.now = func() time.Time { return t0.Add(2500 * time.Millisecond) }
-
-	// Before Attach: only the events.
-	c.OnAdd(svcwatch.Instance{})
-	if n := testutil.CollectAndCount(c); n != 3 {
-		t.Fatalf("unattached collector exports %d series, want 3 (events by kind)", n)
+	if w.h == nil {
+		t.Fatal("NewCollector added no handler to the watcher")
 	}
-
-	c.Attach(w)
-	c.OnAdd(svcwatch.Instance{})
-	c.OnUpdate(svcwatch.Instance{}, svcwatch.Instance{})
-	c.OnRemove(svcwatch.Instance{})
+	// The watcher's events, as its event goroutine delivers them.
+	w.h.OnAdd(svcwatch.Instance{})
+	w.h.OnAdd(svcwatch.Instance{})
+	w.h.OnUpdate(svcwatch.Instance{}, svcwatch.Instance{})
+	w.h.OnRemove(svcwatch.Instance{})
 
 	want := `
 # HELP svcwatch_connected 1 while the watcher's last round trip to Redis succeeded, else 0.
 # TYPE svcwatch_connected gauge
 svcwatch_connected 1
-# HELP svcwatch_events_total Discovery events delivered to the watcher's handlers, by kind (add, update, remove).
+# HELP svcwatch_events_total Discovery events since this collector attached to the watcher, by kind (add, update, remove); the peers known then count as adds.
 # TYPE svcwatch_events_total counter
 svcwatch_events_total{kind="add"} 2
 svcwatch_events_total{kind="remove"} 1
@@ -116,19 +121,24 @@ svcwatch_state{state="unhealthy"} 0
 	if err := testutil.CollectAndCompare(c, strings.NewReader(""), "svcwatch_last_sync_age_seconds"); err != nil {
 		t.Fatal(err)
 	}
+
+	c.Close()
+	c.Close() // idempotent
+	if w.removed == 0 {
+		t.Fatal("Close left the collector's handler on the watcher")
+	}
 }
 
 func TestCollectorConstLabels(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	w := &stubWatcher{self: svcwatch.Instance{Table: "a/b"}}
 	for _, name := range []string{"gate", "chat"} {
-		c := NewCollector(WithConstLabels(prometheus.Labels{"watcher": name}))
-		c.Attach(w)
+		c := NewCollector(w, WithConstLabels(prometheus.Labels{"watcher": name}))
 		if err := reg.Register(c); err != nil {
 			t.Fatalf("register collector %s: %v", name, err)
 		}
 	}
-	if err := reg.Register(NewCollector(WithConstLabels(prometheus.Labels{"watcher": "gate"}))); err == nil {
+	if err := reg.Register(NewCollector(w, WithConstLabels(prometheus.Labels{"watcher": "gate"}))); err == nil {
 		t.Fatal("a second collector with the same labels was accepted")
 	}
 	problems, err := testutil.GatherAndLint(reg)

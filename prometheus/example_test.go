@@ -28,18 +28,16 @@ func ExampleCollector() {
 	defer client.Close()
 	ctx := context.Background()
 
-	c := svcwatchprom.NewCollector() // counts events as a handler, reads the watcher at each scrape
 	w, err := svcwatch.NewRedisServiceWatcher(client,
-		svcwatch.Instance{Table: "mygame/prod/v1/gate", ID: "gate-1", Name: "10.0.0.2:7000"},
-		svcwatch.WithHandler(c))
+		svcwatch.Instance{Table: "mygame/prod/v1/gate", ID: "gate-1", Name: "10.0.0.2:7000"})
 	if err != nil {
 		panic(err)
 	}
-	c.Attach(w)
 	if err := w.Start(ctx); err != nil {
 		panic(err)
 	}
 	defer w.Stop(ctx)
+	c := svcwatchprom.NewCollector(w) // reads w at each scrape, counts its events from now on
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(c)

@@ -138,14 +138,15 @@ func TestCollectorOnRedis(t *testing.T) {
 	game2 := start(t, srv.Client(t), svcwatch.Instance{Table: games, ID: "game-2", Name: "127.0.0.1:7002"})
 	_ = game1
 
-	c := svcwatchprom.NewCollector()
+	// The collector attaches to a watcher already started, which knows both
+	// games: they count as adds.
 	gate := start(t, srv.Client(t), svcwatch.Instance{Table: gates, ID: "gate-1", Name: "127.0.0.1:7000"},
-		svcwatch.WithTables(games), svcwatch.WithHandler(c))
-	c.Attach(gate)
+		svcwatch.WithTables(games))
+	c := svcwatchprom.NewCollector(gate)
+	t.Cleanup(c.Close)
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(c)
 
-	// Start delivered both games before it returned.
 	eventually(t, "after Start", all(
 		is(t, reg, 1, "svcwatch_registered"),
 		is(t, reg, 1, "svcwatch_connected"),
@@ -182,6 +183,17 @@ func TestCollectorOnRedis(t *testing.T) {
 		is(t, reg, 1, "svcwatch_events_total", "kind", "update"),
 	))
 
+	// A second collector on the same watcher, closed before game-2 stops:
+	// it counts nothing after Close while the first counts the remove.
+	closed := svcwatchprom.NewCollector(gate)
+	reg2 := prometheus.NewPedanticRegistry()
+	reg2.MustRegister(closed)
+	eventually(t, "a second collector attached", all(
+		is(t, reg2, 2, "svcwatch_events_total", "kind", "add"),
+		is(t, reg2, 0, "svcwatch_events_total", "kind", "update"), // game-2 is known as draining: an add
+	))
+	closed.Close()
+
 	if err := game2.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -190,6 +202,12 @@ func TestCollectorOnRedis(t *testing.T) {
 		is(t, reg, 0, "svcwatch_instances", "table", games, "state", "draining"),
 		is(t, reg, 1, "svcwatch_events_total", "kind", "remove"),
 	))
+	if err := is(t, reg2, 0, "svcwatch_events_total", "kind", "remove")(); err != nil {
+		t.Errorf("a closed collector still counts: %v", err)
+	}
+	if err := is(t, reg2, 1, "svcwatch_instances", "table", games, "state", "serving")(); err != nil {
+		t.Errorf("a closed collector no longer reads the watcher: %v", err)
+	}
 
 	if err := gate.SetState(ctx, svcwatch.Draining); err != nil {
 		t.Fatal(err)

@@ -20,7 +20,7 @@ type command struct {
 }
 
 func commands() []*command {
-	return []*command{tablesCommand(), lsCommand(), watchCommand(), pickCommand(), benchCommand()}
+	return []*command{tablesCommand(), lsCommand(), watchCommand(), pickCommand(), benchCommand(), runCommand()}
 }
 
 // usageError is bad usage: exit status 2, with the usage on stderr.
@@ -29,6 +29,12 @@ type usageError struct{ msg string }
 func (e usageError) Error() string { return e.msg }
 
 func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+
+// exitStatusError makes the command exit with this status, saying nothing
+// (run passes on its child's status this way).
+type exitStatusError int
+
+func (e exitStatusError) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
 // run is the whole command without the process around it, so that tests call
 // it directly. It returns the exit status.
@@ -81,9 +87,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	err := cmd.run(ctx, g, cfs, stdout, stderr)
 	var ue usageError
+	var es exitStatusError
 	switch {
 	case err == nil:
 		return 0
+	case errors.As(err, &es):
+		return int(es)
 	case errors.As(err, &ue):
 		fmt.Fprintf(stderr, "svcwatch %s: %v\n", cmd.name, err)
 		commandUsage(stderr, cmd, cfs)

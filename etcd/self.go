@@ -1,0 +1,119 @@
+package etcd
+
+// self.go: what the process says about itself: SetDesc, SetMeta, SetState and
+// Drain. They run on the caller's goroutine and write self's key under
+// regLock, like the heartbeat's writes (register.go).
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/svcwatch/svcwatch"
+)
+
+// SetDesc changes this process's Desc; peers get OnUpdate. Before Start it only
+// sets the Desc that Start registers. It is an error wrapping
+// svcwatch.ErrInvalid on a watch-only watcher or for a Desc over the size
+// limit (with Meta), and svcwatch.ErrReplaced when a newer incarnation holds
+// the ID. The call to etcd is bounded by the keepalive interval.
+func (w *EtcdServiceWatcher) SetDesc(ctx context.Context, desc string) error {
+	return w.changeSelf(ctx, "set desc", func(self svcwatch.Instance) (func(), error) {
+		self.Desc = desc
+		if err := w.check(self); err != nil {
+			return nil, err
+		}
+		prev := w.Self().Desc
+		w.b.SetSelfDesc(desc)
+		return func() { w.b.SetSelfDesc(prev) }, nil
+	})
+}
+
+// SetMeta replaces this process's Meta (nil or empty: none); peers get
+// OnUpdate. Meta is checked as at the constructor (at most 64 printable keys, a
+// "weight" that is a non-negative integer, Desc and Meta together within the
+// size limit); else an error wrapping svcwatch.ErrInvalid. The watcher keeps a
+// copy of meta. Otherwise as SetDesc.
+func (w *EtcdServiceWatcher) SetMeta(ctx context.Context, meta map[string]string) error {
+	return w.changeSelf(ctx, "set meta", func(self svcwatch.Instance) (func(), error) {
+		self.Meta = meta
+		if err := w.check(self); err != nil {
+			return nil, err
+		}
+		prev := w.Self().Meta
+		w.b.SetSelfMeta(meta)
+		return func() { w.b.SetSelfMeta(prev) }, nil
+	})
+}
+
+// SetState sets this process's State; peers get OnUpdate. Draining and
+// Unhealthy processes keep their connections and their work but get no new
+// keys from Pick. While the svcwatch.WithHealthCheck check fails, peers see
+// Unhealthy whatever was set. Otherwise as SetDesc.
+func (w *EtcdServiceWatcher) SetState(ctx context.Context, s svcwatch.State) error {
+	return w.changeSelf(ctx, "set state", func(self svcwatch.Instance) (func(), error) {
+		self.State = s
+		if err := w.check(self); err != nil {
+			return nil, err
+		}
+		prev := w.b.WantState()
+		w.b.SetSelfState(s)
+		return func() { w.b.SetSelfState(prev) }, nil
+	})
+}
+
+// Drain takes this process out of rotation and then stops it: SetState
+// (Draining), so that peers see it and Pick moves its keys elsewhere; then
+// wait, if not nil, for the process to finish what it has; then Stop. If wait
+// returns an error, Drain returns it and the process stays registered and
+// draining.
+func (w *EtcdServiceWatcher) Drain(ctx context.Context, wait func(context.Context) error) error {
+	if err := w.SetState(ctx, svcwatch.Draining); err != nil {
+		return err
+	}
+	if wait != nil {
+		if err := wait(ctx); err != nil {
+			return err
+		}
+	}
+	return w.Stop(ctx)
+}
+
+// check validates self as the constructor does (the core's checks, run by
+// building a throwaway core: no goroutine, no network).
+func (w *EtcdServiceWatcher) check(self svcwatch.Instance) error {
+	self.Incarnation, self.RegisteredAt = "", self.RegisteredAt.Truncate(0)
+	_, _, err := svcwatch.NewServiceWatcher(self, svcwatch.WithMaxDescSize(w.conf.MaxDescSize),
+		svcwatch.WithTTL(w.conf.TTL), svcwatch.WithKeepAliveInterval(w.conf.KeepAlive),
+		svcwatch.WithScanInterval(w.conf.ScanInterval), svcwatch.WithKeyPrefix(w.conf.KeyPrefix))
+	return err
+}
+
+// changeSelf applies a change to self and writes self's key, undoing the
+// change if the write fails. Before Start it only applies the change.
+func (w *EtcdServiceWatcher) changeSelf(ctx context.Context, what string, change func(self svcwatch.Instance) (undo func(), err error)) error {
+	if w.conf.WatchOnly {
+		return fmt.Errorf("%w: %s on a watch-only watcher", svcwatch.ErrInvalid, what)
+	}
+	if err := w.lockReg(ctx); err != nil {
+		return err
+	}
+	defer w.unlockReg()
+	// Read under regLock: a Start that registers meanwhile has either
+	// registered already (then this writes) or will register this change.
+	w.mu.Lock()
+	state := w.state
+	w.mu.Unlock()
+	if state == stateStopped {
+		return svcwatch.ErrStopped
+	}
+	self := w.Self()
+	undo, err := change(self)
+	if err != nil || state == stateNew || self.Incarnation == "" {
+		return err // before Start registers: registered as it is when it does
+	}
+	if err := w.updateLocked(ctx); err != nil {
+		undo()
+		return w.stoppedOr(fmt.Errorf("svcwatch/etcd: %s: %w", what, err))
+	}
+	return nil
+}

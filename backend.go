@@ -47,6 +47,20 @@ func (b *Backend) NewTimer(d time.Duration) Timer { return b.w.cfg.clock.NewTime
 // ErrInvalid says what is wrong.
 func (b *Backend) CheckTable(table string) error { return checkTable(table) }
 
+// CheckSelf checks an instance as a registering watcher's self is checked
+// (table, ID, name, state, and Desc and Meta within the size limit), so that a
+// backend's SetDesc, SetMeta and SetState refuse what NewServiceWatcher would:
+// every problem wraps ErrInvalid.
+func (b *Backend) CheckSelf(self Instance) error { return checkSelf(self, false, b.w.cfg.MaxDescSize) }
+
+// DecodeRecord turns a stored record (protocol.Record's JSON) of table and id
+// into an Instance, refusing what a registration could not have written (bad
+// names, over the size limit): a backend skips such data instead of
+// reporting it. Errors wrap protocol.ErrBadData.
+func (b *Backend) DecodeRecord(table, id, raw string) (Instance, error) {
+	return decodeRecord(table, id, raw, b.w.cfg.MaxDescSize)
+}
+
 // AddTable records table as watched by name (it must have passed CheckTable);
 // it reports whether the table was not watched before, so that the backend
 // starts syncing it.

@@ -10,6 +10,8 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/svcwatch/svcwatch/protocol"
 )
 
 func TestBadInputIsErrInvalid(t *testing.T) {
@@ -156,5 +158,34 @@ func TestPath(t *testing.T) {
 	}
 	if err := (Instance{Desc: "not json"}).Decode(&struct{}{}); err == nil {
 		t.Error("Decode of bad JSON succeeded")
+	}
+}
+
+func TestBackendChecks(t *testing.T) {
+	_, b, err := NewServiceWatcher(Instance{Table: "g/e/v/game", ID: "a", Name: "h:1"}, WithMaxDescSize(16))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []Instance{
+		{Table: "g/e/v/game", ID: "a/b", Name: "h:1"},
+		{Table: "g/e/v/game", ID: "a", Name: "h:1", Desc: strings.Repeat("x", 17)},
+		{Table: "g/e/v/game", ID: "a", Name: "h:1", Meta: map[string]string{"weight": "-1"}},
+		{Table: "g/e/v/game", ID: "a", Name: "h:1", State: State(9)},
+	} {
+		if err := b.CheckSelf(bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("CheckSelf(%+v) = %v, want ErrInvalid", bad, err)
+		}
+	}
+	if err := b.CheckSelf(Instance{Table: "g/e/v/game", ID: "a", Name: "h:1", Desc: "{}"}); err != nil {
+		t.Errorf("CheckSelf(good) = %v", err)
+	}
+	rec := protocol.Record{Inc: "i1", Ver: "v1", Name: "h:2", Desc: "{}", Reg: 1000, TTL: 1000}.Encode()
+	inst, err := b.DecodeRecord("g/e/v/game", "b", rec)
+	if err != nil || inst.Name != "h:2" || inst.Incarnation != "i1" || inst.RegisteredAt.UnixMilli() != 1000 {
+		t.Errorf("DecodeRecord = %+v, %v", inst, err)
+	}
+	big := protocol.Record{Inc: "i1", Name: "h:2", Desc: strings.Repeat("x", 17)}.Encode()
+	if _, err := b.DecodeRecord("g/e/v/game", "b", big); !errors.Is(err, protocol.ErrBadData) {
+		t.Errorf("DecodeRecord(oversized) = %v, want ErrBadData", err)
 	}
 }

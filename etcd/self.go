@@ -78,15 +78,8 @@ func (w *EtcdServiceWatcher) Drain(ctx context.Context, wait func(context.Contex
 	return w.Stop(ctx)
 }
 
-// check validates self as the constructor does (the core's checks, run by
-// building a throwaway core: no goroutine, no network).
-func (w *EtcdServiceWatcher) check(self svcwatch.Instance) error {
-	self.Incarnation, self.RegisteredAt = "", self.RegisteredAt.Truncate(0)
-	_, _, err := svcwatch.NewServiceWatcher(self, svcwatch.WithMaxDescSize(w.conf.MaxDescSize),
-		svcwatch.WithTTL(w.conf.TTL), svcwatch.WithKeepAliveInterval(w.conf.KeepAlive),
-		svcwatch.WithScanInterval(w.conf.ScanInterval), svcwatch.WithKeyPrefix(w.conf.KeyPrefix))
-	return err
-}
+// check validates self as the constructor does.
+func (w *EtcdServiceWatcher) check(self svcwatch.Instance) error { return w.b.CheckSelf(self) }
 
 // changeSelf applies a change to self and writes self's key, undoing the
 // change if the write fails. Before Start it only applies the change.

@@ -172,7 +172,7 @@ func (w *EtcdServiceWatcher) load(run *running, s *source) (int64, error) {
 		if !ok || (s.table != "" && table != s.table) {
 			continue // a table nested under this one has its own range
 		}
-		inst, err := decodeRecord(table, id, kv.Value, w.conf.MaxDescSize)
+		inst, err := w.b.DecodeRecord(table, id, string(kv.Value))
 		if err != nil {
 			w.logBadOnce(string(kv.Key), err)
 			continue
@@ -294,7 +294,7 @@ func (w *EtcdServiceWatcher) applyEvents(run *running, s *source, evs []*clientv
 		isSelf := !w.conf.WatchOnly && table == self.Table && id == self.ID
 		switch ev.Type {
 		case clientv3.EventTypePut:
-			inst, err := decodeRecord(table, id, ev.Kv.Value, w.conf.MaxDescSize)
+			inst, err := w.b.DecodeRecord(table, id, string(ev.Kv.Value))
 			if err != nil {
 				w.logBadOnce(string(ev.Kv.Key), err)
 				w.b.RemoveInstance(table, id, time.Time{}) // as a read would: absent

@@ -103,7 +103,9 @@ func (w *ServiceWatcher) Lookup(table, id string) (Instance, bool) { return w.re
 // Serving instances with a positive weight, chosen by weighted consistent
 // hashing of key over their IDs (the algorithm is specified in the README, so
 // every process and every language picks the same one). A key keeps its owner
-// while the owner serves; when the owner drains or leaves, only its keys move.
+// while the owner serves; when the owner drains or turns unhealthy, only its keys
+// move; when it leaves, the table is rebuilt and a few others move with its
+// own (about 0.1% of all keys at 100 instances; see the README).
 // It reports false when the table is not watched or nobody serves. Pick takes
 // no lock that event delivery holds and does not allocate beyond copying Meta.
 func (w *ServiceWatcher) Pick(table, key string) (Instance, bool) { return w.reg.pick(table, key) }

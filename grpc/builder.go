@@ -29,6 +29,22 @@
 // a server that restarts (on any port) gets its keys back, and the others keep
 // theirs.
 //
+// Player affinity: the load-balancing policy "svcwatch_pick" (PickPolicy,
+// registered with grpc when this package is imported) sends a call with a key
+// (its metadata header DefaultKeyHeader, or the config's keyHeader) to the
+// instance that svcwatch's Pick gives for the key, the same in every process;
+// while that instance's connection is not ready, to the first ready one of
+// PickN's fallbacks. So when a server restarts, its keys move and come back,
+// and the others' stay (but for the rare ones that Pick itself moves when an
+// instance leaves); grpc's ring_hash rebuilds its ring when a server leaves
+// and moves some of the other servers' keys too (about 9% in the tests):
+//
+//	conn, err := grpc.NewClient("svcwatch:///mygame/prod/v1/game",
+//		grpc.WithResolvers(b),
+//		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"svcwatch_pick":{}}]}`),
+//		grpc.WithTransportCredentials(insecure.NewCredentials()))
+//	ctx = metadata.AppendToOutgoingContext(ctx, svcwatchgrpc.DefaultKeyHeader, playerID)
+//
 // Tables: a ClientConn's resolver watches its table if the watcher does not
 // already (by name, by prefix, or as self's table), and the Builder unwatches
 // the tables it added once no ClientConn needs them.
@@ -173,7 +189,7 @@ func (b *Builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolv
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &svcResolver{
-		w: b.w, table: table, cc: cc,
+		w: b.w, table: table, cc: cc, src: &pickSource{w: b.w, table: table},
 		ctx: ctx, cancel: cancel,
 		wake: make(chan struct{}, 1), done: make(chan struct{}),
 	}

@@ -26,6 +26,7 @@ type svcResolver struct {
 	w     svcwatch.Watcher
 	table string
 	cc    resolver.ClientConn
+	src   *pickSource // w and table, for PickPolicy; in every state reported
 
 	ensureWatched func(ctx context.Context) error // Builder.ensureWatched for this table
 	release       func()                          // Builder.release of this resolver
@@ -73,7 +74,8 @@ func (r *svcResolver) run() {
 	for {
 		// An error here (e.g. round_robin refusing an empty list) needs no
 		// retry of ours: the list changes only with an event, which wakes us.
-		_ = r.cc.UpdateState(resolverState(r.w.Services(r.table)))
+		// The state carries the watcher and table too, for PickPolicy.
+		_ = r.cc.UpdateState(withPickSource(resolverState(r.w.Services(r.table)), r.src))
 		select {
 		case <-r.wake:
 		case <-r.ctx.Done():

@@ -43,6 +43,9 @@ func RedisStores() []struct {
 	}{
 		{"miniredis", wrap(miniBackend)},
 		{"redis", wrap(realBackend)},
+		// Least privilege: only the prefix's keys and channels, no dangerous command.
+		{"redis-acl", wrap(func(t testing.TB) *backend { return aclBackend(t, DefaultKeyPrefix) })},
+		{"redis-acl-prefix", wrap(func(t testing.TB) *backend { return aclBackend(t, "studio7") })},
 		{"redis-cluster", wrap(clusterBackend)},
 		{"redis-sentinel", wrap(sentinelBackend)},
 	}

@@ -1,14 +1,15 @@
+//go:build measure
+
 package etcd
 
 // measure_test.go: the figures of the README's backend table, measured on an
 // embedded etcd: the latency of a change, crash detection, and the requests
 // an idle process makes. It asserts nothing and takes about half a minute, so
-// it runs only when asked: SVCWATCH_MEASURE=1 go test -run TestMeasure -v .
+// it is built only when asked: go test -tags measure -run TestMeasure -v .
 
 import (
 	"context"
 	"fmt"
-	"os"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -24,9 +25,6 @@ import (
 )
 
 func TestMeasure(t *testing.T) {
-	if os.Getenv("SVCWATCH_MEASURE") != "1" {
-		t.Skip("measurements run with SVCWATCH_MEASURE=1")
-	}
 	checkGoroutines(t)
 	srv := startServer(t)
 

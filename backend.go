@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"sort"
 	"time"
 )
@@ -235,6 +234,21 @@ func (b *Backend) StopEvents(ctx context.Context) error {
 	return errors.Join(healthErr, b.w.disp.wait(ctx))
 }
 
+// SetSelfWriter gives the core the backend's way to store self, for the
+// core's SetDesc, SetMeta, SetState and Drain; a backend calls it once, in
+// its constructor. write takes the backend's lock of self's record (the one
+// its registration and heartbeat writes take), calls apply, which checks and
+// applies the change to self and returns how to undo it, and then, unless
+// apply failed or the backend has not registered yet (Start registers self as
+// it is then), writes self's record; if that write fails it calls undo and
+// returns the error (ErrStopped after Stop). stop is the backend's Stop, which
+// Drain calls.
+func (b *Backend) SetSelfWriter(write func(ctx context.Context, apply func() (undo func(), err error)) error, stop func(ctx context.Context) error) {
+	b.w.mu.Lock()
+	defer b.w.mu.Unlock()
+	b.w.store = selfHooks{write: write, stop: stop}
+}
+
 // SetRegistration records self's current incarnation and the (server) time it
 // registered; a backend calls it as it registers. Self reports them.
 func (b *Backend) SetRegistration(incarnation string, at time.Time) {
@@ -246,24 +260,14 @@ func (b *Backend) SetRegistration(incarnation string, at time.Time) {
 func (b *Backend) SetSelfDesc(desc string) { b.w.setSelf(func(s *Instance) { s.Desc = desc }) }
 
 // SetSelfMeta records self's Meta (a copy of meta), as SetSelfDesc.
-func (b *Backend) SetSelfMeta(meta map[string]string) {
-	meta = maps.Clone(meta)
-	if len(meta) == 0 {
-		meta = nil
-	}
-	b.w.setSelf(func(s *Instance) { s.Meta = meta })
-}
+func (b *Backend) SetSelfMeta(meta map[string]string) { b.w.setSelfMeta(meta) }
 
 // SetSelfState records the state the process set, as SetSelfDesc; while the
 // health check fails, Self shows Unhealthy instead.
 func (b *Backend) SetSelfState(s State) { b.w.setWantState(s) }
 
 // WantState returns the state the process set (Self().State is what peers see).
-func (b *Backend) WantState() State {
-	b.w.mu.Lock()
-	defer b.w.mu.Unlock()
-	return b.w.wantState
-}
+func (b *Backend) WantState() State { return b.w.wantStateNow() }
 
 // SetConnected records whether the latest round trip to the store succeeded.
 func (b *Backend) SetConnected(ok bool) { b.w.connected.Store(ok) }

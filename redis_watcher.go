@@ -115,8 +115,10 @@ func NewRedisServiceWatcher(client redis.UniversalClient, self Instance, opts ..
 		return nil, err
 	}
 	conf := b.Config()
-	return &RedisServiceWatcher{ServiceWatcher: core, b: b, conf: conf, log: conf.Logger, client: client,
-		syncs: make(map[string]*tableSync), cat: protocol.Catalog(conf.KeyPrefix), regLock: make(chan struct{}, 1)}, nil
+	w := &RedisServiceWatcher{ServiceWatcher: core, b: b, conf: conf, log: conf.Logger, client: client,
+		syncs: make(map[string]*tableSync), cat: protocol.Catalog(conf.KeyPrefix), regLock: make(chan struct{}, 1)}
+	b.SetSelfWriter(w.writeSelf, w.Stop)
+	return w, nil
 }
 
 var _ Watcher = (*RedisServiceWatcher)(nil)

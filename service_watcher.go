@@ -30,6 +30,7 @@ type ServiceWatcher struct {
 	unhealthy bool     // the latest health check failed or hung
 	set       tableSet // the watched tables and prefixes
 	health    healthRunner
+	store     selfHooks // how the backend stores self (SetDesc, SetMeta, SetState, Drain)
 
 	fullLoads  atomic.Uint64
 	lastSync   atomic.Int64 // unix nanoseconds of the watcher's clock
@@ -179,6 +180,22 @@ func (w *ServiceWatcher) setSelf(f func(*Instance)) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	f(&w.self)
+}
+
+// setSelfMeta records a copy of meta as self's Meta (nil when empty).
+func (w *ServiceWatcher) setSelfMeta(meta map[string]string) {
+	meta = maps.Clone(meta)
+	if len(meta) == 0 {
+		meta = nil
+	}
+	w.setSelf(func(s *Instance) { s.Meta = meta })
+}
+
+// wantStateNow is the state the process set (Self().State is what peers see).
+func (w *ServiceWatcher) wantStateNow() State {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.wantState
 }
 
 // setWantState records the state the process set; self shows it unless the

@@ -1,92 +1,19 @@
 package etcd
 
-// self.go: what the process says about itself: SetDesc, SetMeta, SetState and
-// Drain. They run on the caller's goroutine and write self's key under
-// regLock, like the heartbeat's writes (register.go).
+// self.go: how this backend stores what the process says about itself (the
+// core's SetDesc, SetMeta, SetState and Drain): under regLock, like the
+// heartbeat's writes (register.go), on the caller's goroutine.
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/svcwatch/svcwatch"
 )
 
-// SetDesc changes this process's Desc; peers get OnUpdate. Before Start it only
-// sets the Desc that Start registers. It is an error wrapping
-// svcwatch.ErrInvalid on a watch-only watcher or for a Desc over the size
-// limit (with Meta), and svcwatch.ErrReplaced when a newer incarnation holds
-// the ID. The call to etcd is bounded by the keepalive interval.
-func (w *EtcdServiceWatcher) SetDesc(ctx context.Context, desc string) error {
-	return w.changeSelf(ctx, "set desc", func(self svcwatch.Instance) (func(), error) {
-		self.Desc = desc
-		if err := w.check(self); err != nil {
-			return nil, err
-		}
-		prev := w.Self().Desc
-		w.b.SetSelfDesc(desc)
-		return func() { w.b.SetSelfDesc(prev) }, nil
-	})
-}
-
-// SetMeta replaces this process's Meta (nil or empty: none); peers get
-// OnUpdate. Meta is checked as at the constructor (at most 64 printable keys, a
-// "weight" that is a non-negative integer, Desc and Meta together within the
-// size limit); else an error wrapping svcwatch.ErrInvalid. The watcher keeps a
-// copy of meta. Otherwise as SetDesc.
-func (w *EtcdServiceWatcher) SetMeta(ctx context.Context, meta map[string]string) error {
-	return w.changeSelf(ctx, "set meta", func(self svcwatch.Instance) (func(), error) {
-		self.Meta = meta
-		if err := w.check(self); err != nil {
-			return nil, err
-		}
-		prev := w.Self().Meta
-		w.b.SetSelfMeta(meta)
-		return func() { w.b.SetSelfMeta(prev) }, nil
-	})
-}
-
-// SetState sets this process's State; peers get OnUpdate. Draining and
-// Unhealthy processes keep their connections and their work but get no new
-// keys from Pick. While the svcwatch.WithHealthCheck check fails, peers see
-// Unhealthy whatever was set. Otherwise as SetDesc.
-func (w *EtcdServiceWatcher) SetState(ctx context.Context, s svcwatch.State) error {
-	return w.changeSelf(ctx, "set state", func(self svcwatch.Instance) (func(), error) {
-		self.State = s
-		if err := w.check(self); err != nil {
-			return nil, err
-		}
-		prev := w.b.WantState()
-		w.b.SetSelfState(s)
-		return func() { w.b.SetSelfState(prev) }, nil
-	})
-}
-
-// Drain takes this process out of rotation and then stops it: SetState
-// (Draining), so that peers see it and Pick moves its keys elsewhere; then
-// wait, if not nil, for the process to finish what it has; then Stop. If wait
-// returns an error, Drain returns it and the process stays registered and
-// draining.
-func (w *EtcdServiceWatcher) Drain(ctx context.Context, wait func(context.Context) error) error {
-	if err := w.SetState(ctx, svcwatch.Draining); err != nil {
-		return err
-	}
-	if wait != nil {
-		if err := wait(ctx); err != nil {
-			return err
-		}
-	}
-	return w.Stop(ctx)
-}
-
-// check validates self as the constructor does.
-func (w *EtcdServiceWatcher) check(self svcwatch.Instance) error { return w.b.CheckSelf(self) }
-
-// changeSelf applies a change to self and writes self's key, undoing the
-// change if the write fails. Before Start it only applies the change.
-func (w *EtcdServiceWatcher) changeSelf(ctx context.Context, what string, change func(self svcwatch.Instance) (undo func(), err error)) error {
-	if w.conf.WatchOnly {
-		return fmt.Errorf("%w: %s on a watch-only watcher", svcwatch.ErrInvalid, what)
-	}
+// writeSelf is the core's writer of self (Backend.SetSelfWriter): it applies
+// a change under regLock and writes self's key, undoing the change if the
+// write fails. Before Start registers, it only applies the change.
+func (w *EtcdServiceWatcher) writeSelf(ctx context.Context, apply func() (undo func(), err error)) error {
 	if err := w.lockReg(ctx); err != nil {
 		return err
 	}
@@ -99,14 +26,13 @@ func (w *EtcdServiceWatcher) changeSelf(ctx context.Context, what string, change
 	if state == stateStopped {
 		return svcwatch.ErrStopped
 	}
-	self := w.Self()
-	undo, err := change(self)
-	if err != nil || state == stateNew || self.Incarnation == "" {
+	undo, err := apply()
+	if err != nil || state == stateNew || w.Self().Incarnation == "" {
 		return err // before Start registers: registered as it is when it does
 	}
 	if err := w.updateLocked(ctx); err != nil {
 		undo()
-		return w.stoppedOr(fmt.Errorf("svcwatch/etcd: %s: %w", what, err))
+		return w.stoppedOr(err)
 	}
 	return nil
 }

@@ -133,12 +133,14 @@ func NewEtcdServiceWatcher(cli *clientv3.Client, self svcwatch.Instance, opts ..
 	}
 	conf := b.Config()
 	ttlSec := int64((conf.TTL + time.Second - 1) / time.Second)
-	return &EtcdServiceWatcher{
+	w := &EtcdServiceWatcher{
 		ServiceWatcher: core, b: b, conf: conf, log: conf.Logger, cli: cli,
 		keys: layout{prefix: conf.KeyPrefix}, ttlSec: ttlSec,
 		named: make(map[string]*source), prefixes: make(map[string]*source), views: make(map[string]*view),
 		regLock: make(chan struct{}, 1),
-	}, nil
+	}
+	b.SetSelfWriter(w.writeSelf, w.Stop)
+	return w, nil
 }
 
 var _ svcwatch.Watcher = (*EtcdServiceWatcher)(nil)

@@ -130,10 +130,12 @@ func NewMySQLServiceWatcher(db *sql.DB, self svcwatch.Instance, opts ...svcwatch
 	if err := checkPrefix(conf.KeyPrefix); err != nil {
 		return nil, err
 	}
-	return &MySQLServiceWatcher{
+	w := &MySQLServiceWatcher{
 		ServiceWatcher: core, b: b, conf: conf, log: conf.Logger, db: db, q: newQueries(conf.KeyPrefix),
 		regLock: make(chan struct{}, 1), pos: make(map[string]position),
-	}, nil
+	}
+	b.SetSelfWriter(w.writeSelf, w.Stop)
+	return w, nil
 }
 
 var _ svcwatch.Watcher = (*MySQLServiceWatcher)(nil)

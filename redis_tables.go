@@ -16,13 +16,10 @@ import (
 // Unwatching a table not watched by name is a no-op; self's own table cannot
 // be unwatched by a watcher that registers (ErrInvalid).
 func (w *RedisServiceWatcher) Unwatch(ctx context.Context, table string) error {
-	w.mu.Lock()
-	if w.state == stateStopped {
-		w.mu.Unlock()
-		return ErrStopped
+	run, err := w.current()
+	if err != nil {
+		return err
 	}
-	run := w.run
-	w.mu.Unlock()
 	unwatched, err := w.b.RemoveTable(table)
 	if err != nil || !unwatched {
 		return err
@@ -40,14 +37,11 @@ func (w *RedisServiceWatcher) Unwatch(ctx context.Context, table string) error {
 // announcement, within about a round trip of its first registration, or by
 // the scan if the announcement was lost; its peers arrive as OnAdd.
 func (w *RedisServiceWatcher) WatchPrefix(ctx context.Context, prefix string) error {
-	w.mu.Lock()
-	if w.state == stateStopped {
-		w.mu.Unlock()
-		return ErrStopped
+	run, err := w.current()
+	if err != nil {
+		return err
 	}
-	run := w.run
-	w.mu.Unlock()
-	if _, _, err := w.b.AddPrefix(prefix); err != nil {
+	if _, _, err = w.b.AddPrefix(prefix); err != nil {
 		return err
 	}
 	if run == nil {
@@ -67,13 +61,10 @@ func (w *RedisServiceWatcher) WatchPrefix(ctx context.Context, prefix string) er
 // returns). Tables watched by name or under another watched prefix stay.
 // Unwatching a prefix not watched is a no-op.
 func (w *RedisServiceWatcher) UnwatchPrefix(ctx context.Context, prefix string) error {
-	w.mu.Lock()
-	if w.state == stateStopped {
-		w.mu.Unlock()
-		return ErrStopped
+	run, err := w.current()
+	if err != nil {
+		return err
 	}
-	run := w.run
-	w.mu.Unlock()
 	dropped, err := w.b.RemovePrefix(prefix)
 	if err != nil {
 		return err
@@ -114,4 +105,14 @@ func (w *RedisServiceWatcher) stopSyncing(ctx context.Context, run *running, tab
 		// next reconnect.
 		_ = w.currentPubSub(run).Unsubscribe(ctx, ts.keys.Channel)
 	}
+}
+
+// current returns the running Start (nil before Start), or ErrStopped.
+func (w *RedisServiceWatcher) current() (*running, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.state == stateStopped {
+		return nil, ErrStopped
+	}
+	return w.run, nil
 }

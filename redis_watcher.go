@@ -22,11 +22,12 @@ import (
 )
 
 // RedisServiceWatcher is the Watcher on Redis. It embeds the backend-free core
-// (ServiceWatcher), whose read API it shares, and adds three goroutines while
-// started: the heartbeat (one script call every keepalive interval, which also
-// reaps expired peers), the sync loop (the pub/sub subscription, the
-// safety-net scan and reloads) and the event goroutine that calls the handlers.
-// Stop ends all three.
+// (ServiceWatcher), whose read API and Set methods it shares, and adds four
+// goroutines while started: the heartbeat (one script call every keepalive
+// interval, which also reaps expired peers), the sync loop (the pub/sub
+// subscription, the safety-net scan and reloads), the catalog goroutine (new
+// tables under the watched prefixes, and the collection of emptied tables)
+// and the event goroutine that calls the handlers. Stop ends all four.
 type RedisServiceWatcher struct {
 	*ServiceWatcher
 	b      *Backend // the hooks into the core, this backend's alone

@@ -11,7 +11,7 @@
 //
 // # Goroutines
 //
-// A started RedisServiceWatcher runs three goroutines, each owned by the
+// A started RedisServiceWatcher runs four goroutines, each owned by the
 // watcher and ended by Stop:
 //
 //   - the heartbeat (redis_heartbeat.go): one script call per keepalive
@@ -19,13 +19,16 @@
 //     and stands down when replaced;
 //   - the sync loop (redis_sync.go): the pub/sub subscription, the safety-net
 //     scan and table reloads; it applies changes to the registry;
+//   - the catalog goroutine (redis_catalog.go): it watches the tables that
+//     appear under the watched prefixes and, every collection pass, collects
+//     tables empty for the retention;
 //   - the event goroutine (dispatch.go): the only one that calls handlers and
 //     the WithOnRegistrationLost callback, one at a time, in order.
 //
-// Start, Stop, Watch and SetDesc run on the caller's goroutine. The go-redis
-// client runs goroutines of its own (the PubSub's reader and health check),
-// closed by Stop. A ConnManager owns one dial goroutine per accepted peer, ended
-// by its Close.
+// Start, Stop, Watch, Unwatch, WatchPrefix and the Set methods run on the
+// caller's goroutine. The go-redis client runs goroutines of its own (the
+// PubSub's reader and health check), closed by Stop. A ConnManager owns one
+// dial goroutine per accepted peer, ended by its Close.
 package svcwatch
 
 // watcher.go: the public vocabulary: Instance, Path, Handler, Watcher, Stats and

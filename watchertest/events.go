@@ -131,6 +131,10 @@ func testWatchOnly(h *harness) {
 	h.start(tb, "b")
 	h.sees(wo, tb, "a,b")
 	h.sees(a, tb, "a,b")
+	// Events trail the view. Had the watch-only watcher registered (before b),
+	// a would hear of it before b's add.
+	h.eventually("a to hear b's add", func() bool { return a.rec.has("add", tb, "b") },
+		func() string { return "events: " + a.rec.String() })
 	if n := len(a.rec.events()); n != 1 {
 		t.Errorf("a heard %d events, want 1 (b's add): the watch-only watcher must not register; events: %s", n, a.rec)
 	}

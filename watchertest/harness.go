@@ -183,11 +183,24 @@ func (h *harness) eventually(what string, cond func() bool, detail ...func() str
 }
 
 // sees waits until n's view of table lists exactly ids (sorted, comma-separated).
+// Events trail the view: it also waits until n's handler was told of the same
+// peers (self never is), so that what follows may count events.
 func (h *harness) sees(n *node, table, ids string) {
 	h.t.Helper()
+	var peers []string
+	self := n.w.Self()
+	for _, id := range strings.Split(ids, ",") {
+		if id != "" && (id != self.ID || table != self.Table) {
+			peers = append(peers, id)
+		}
+	}
+	told := strings.Join(peers, ",")
 	h.eventually(fmt.Sprintf("%s to see %s = [%s]", name(n), table, ids),
-		func() bool { return idsOf(n.w.Services(table)) == ids },
-		func() string { return fmt.Sprintf("it sees [%s]; events: %s", idsOf(n.w.Services(table)), n.rec) })
+		func() bool { return idsOf(n.w.Services(table)) == ids && n.rec.known(table) == told },
+		func() string {
+			return fmt.Sprintf("it sees [%s], its handler was told of [%s]; events: %s",
+				idsOf(n.w.Services(table)), n.rec.known(table), n.rec)
+		})
 }
 
 // passTime lets store time pass d while the live nodes keep heartbeating: on a

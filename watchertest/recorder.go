@@ -6,6 +6,7 @@ package watchertest
 
 import (
 	"fmt"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -102,6 +103,25 @@ func (r *recorder) about(table, id string) []event {
 		}
 	}
 	return out
+}
+
+// known returns the IDs of table that the handler was last told are there
+// (an add or update not followed by a remove), sorted and comma-joined.
+func (r *recorder) known(table string) string {
+	last := map[string]string{}
+	for _, e := range r.events() {
+		if e.inst.Table == table {
+			last[e.inst.ID] = e.op
+		}
+	}
+	var ids []string
+	for id, op := range last {
+		if op != "remove" {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	return strings.Join(ids, ",")
 }
 
 // has reports whether an event op about table/id was recorded.

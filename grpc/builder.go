@@ -189,7 +189,7 @@ func (b *Builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolv
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &svcResolver{
-		w: b.w, table: table, cc: cc, src: &pickSource{w: b.w, table: table},
+		cc: cc, src: &pickSource{w: b.w, table: table},
 		ctx: ctx, cancel: cancel,
 		wake: make(chan struct{}, 1), done: make(chan struct{}),
 	}
@@ -209,24 +209,24 @@ func (b *Builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolv
 	ref.resolvers[r] = struct{}{}
 	b.mu.Unlock()
 
-	r.ensureWatched = func(ctx context.Context) error { return b.ensureWatched(ctx, b.w, table, ref) }
-	r.release = func() { b.release(b.w, table, ref, r) }
+	r.ensureWatched = func(ctx context.Context) error { return b.ensureWatched(ctx, table, ref) }
+	r.release = func() { b.release(table, ref, r) }
 	go r.run()
 	return r, nil
 }
 
 // ensureWatched watches table unless the watcher already does (then the
 // table is its user's and never unwatched by the Builder).
-func (b *Builder) ensureWatched(ctx context.Context, w svcwatch.Watcher, table string, ref *tableRef) error {
+func (b *Builder) ensureWatched(ctx context.Context, table string, ref *tableRef) error {
 	ref.watchMu.Lock()
 	defer ref.watchMu.Unlock()
 	b.mu.Lock()
 	owned := ref.owned
 	b.mu.Unlock()
-	if owned || slices.Contains(w.Tables(), table) {
+	if owned || slices.Contains(b.w.Tables(), table) {
 		return nil
 	}
-	if err := w.Watch(ctx, table); err != nil {
+	if err := b.w.Watch(ctx, table); err != nil {
 		return err
 	}
 	b.mu.Lock()
@@ -239,7 +239,7 @@ func (b *Builder) ensureWatched(ctx context.Context, w svcwatch.Watcher, table s
 // watched the table, it unwatches it on a goroutine of its own: Unwatch waits
 // for the watcher's handlers, and a handler may be what closed the ClientConn
 // (grpc's Close waits for the resolver's).
-func (b *Builder) release(w svcwatch.Watcher, table string, ref *tableRef, r *svcResolver) {
+func (b *Builder) release(table string, ref *tableRef, r *svcResolver) {
 	b.mu.Lock()
 	delete(ref.resolvers, r)
 	ref.refs--
@@ -255,13 +255,13 @@ func (b *Builder) release(w svcwatch.Watcher, table string, ref *tableRef, r *sv
 	}
 	b.mu.Unlock()
 	if last && ref.owned {
-		go b.unwatch(w, table, ref)
+		go b.unwatch(table, ref)
 	}
 }
 
 // unwatch unwatches a table the Builder watched, unless a ClientConn came for
 // it meanwhile.
-func (b *Builder) unwatch(w svcwatch.Watcher, table string, ref *tableRef) {
+func (b *Builder) unwatch(table string, ref *tableRef) {
 	defer b.unwatchDone()
 	ref.watchMu.Lock()
 	defer ref.watchMu.Unlock()
@@ -275,7 +275,7 @@ func (b *Builder) unwatch(w svcwatch.Watcher, table string, ref *tableRef) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), b.unwatchTimeout)
 	defer cancel()
-	err := w.Unwatch(ctx, table)
+	err := b.w.Unwatch(ctx, table)
 	if err != nil && !errors.Is(err, svcwatch.ErrStopped) {
 		b.log.Warn("svcwatch/grpc: unwatch a table no ClientConn needs", "table", table, "err", err)
 	}

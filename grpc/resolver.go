@@ -23,10 +23,8 @@ const (
 // svcResolver resolves one table for one ClientConn. Its goroutine (run) is
 // owned by the resolver: Close ends it and waits for it.
 type svcResolver struct {
-	w     svcwatch.Watcher
-	table string
-	cc    resolver.ClientConn
-	src   *pickSource // w and table, for PickPolicy; in every state reported
+	cc  resolver.ClientConn
+	src *pickSource // the watcher and the table; for PickPolicy, in every state reported
 
 	ensureWatched func(ctx context.Context) error // Builder.ensureWatched for this table
 	release       func()                          // Builder.release of this resolver
@@ -75,7 +73,7 @@ func (r *svcResolver) run() {
 		// An error here (e.g. round_robin refusing an empty list) needs no
 		// retry of ours: the list changes only with an event, which wakes us.
 		// The state carries the watcher and table too, for PickPolicy.
-		_ = r.cc.UpdateState(withPickSource(resolverState(r.w.Services(r.table)), r.src))
+		_ = r.cc.UpdateState(withPickSource(resolverState(r.src.w.Services(r.src.table)), r.src))
 		select {
 		case <-r.wake:
 		case <-r.ctx.Done():

@@ -5,6 +5,7 @@ package svcwatchkratos
 import (
 	"context"
 	"fmt"
+	"maps"
 
 	"github.com/go-kratos/kratos/v2/registry"
 
@@ -33,11 +34,18 @@ func (r *Registry) Register(ctx context.Context, service *registry.ServiceInstan
 			return fmt.Errorf("%w: %s is registered at %s; deregister it before registering it at %s",
 				svcwatch.ErrInvalid, self.Key(), w.Self().Name, self.Name)
 		}
-		if err := w.SetMeta(ctx, self.Meta); err != nil {
-			return fmt.Errorf("svcwatch/kratos: update %s: %w", self.Key(), err)
+		// Only what changed is written: each write is a round trip and an
+		// OnUpdate at every peer.
+		cur := w.Self()
+		if !maps.Equal(cur.Meta, self.Meta) {
+			if err := w.SetMeta(ctx, self.Meta); err != nil {
+				return fmt.Errorf("svcwatch/kratos: update %s: %w", self.Key(), err)
+			}
 		}
-		if err := w.SetDesc(ctx, self.Desc); err != nil {
-			return fmt.Errorf("svcwatch/kratos: update %s: %w", self.Key(), err)
+		if cur.Desc != self.Desc {
+			if err := w.SetDesc(ctx, self.Desc); err != nil {
+				return fmt.Errorf("svcwatch/kratos: update %s: %w", self.Key(), err)
+			}
 		}
 		return nil
 	}

@@ -75,9 +75,14 @@ type Option func(*Registry)
 
 // WithPrefix sets the cluster prefix under which services register, e.g.
 // "mygame/prod": a ServiceInstance named "login" at version "v1" registers
-// in the table "mygame/prod/login/v1". Default DefaultPrefix.
+// in the table "mygame/prod/login/v1". Default DefaultPrefix (also for an
+// empty prefix).
 func WithPrefix(prefix string) Option {
-	return func(r *Registry) { r.prefix = strings.Trim(prefix, "/") }
+	return func(r *Registry) {
+		if p := strings.Trim(prefix, "/"); p != "" {
+			r.prefix = p
+		}
+	}
 }
 
 // WithWatcherOptions adds options to every watcher the Registry builds
@@ -161,7 +166,8 @@ func (r *Registry) discoveryLocked(ctx context.Context) (*svcwatch.RedisServiceW
 		Remove: func(inst svcwatch.Instance) { r.changed(inst.Table) },
 	}
 	opts := append(append([]svcwatch.Option(nil), r.wopts...), svcwatch.WatchOnly(), svcwatch.WithHandler(h))
-	w, err := svcwatch.NewRedisServiceWatcher(r.client, svcwatch.Instance{Table: r.prefix}, opts...)
+	// No table of its own: it watches only the services' prefixes.
+	w, err := svcwatch.NewRedisServiceWatcher(r.client, svcwatch.Instance{}, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("svcwatch/kratos: discovery watcher: %w", err)
 	}

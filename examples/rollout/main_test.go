@@ -15,7 +15,9 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"go.uber.org/goleak"
 
+	"github.com/svcwatch/svcwatch"
 	"github.com/svcwatch/svcwatch/internal/redistest"
+	"github.com/svcwatch/svcwatch/protocol"
 )
 
 // The binary built by `go build`, run as a user would run it: nothing installed.
@@ -49,8 +51,10 @@ func TestRunOnMiniredis(t *testing.T) {
 	}
 	t.Logf("run took %v", time.Since(began).Round(time.Millisecond))
 	checkStory(t, out.String())
-	if mr.Exists("svcwatch:{demo/prod/20261119/game}:meta") {
-		t.Errorf("version 1's table still has keys after the story said it was collected")
+	for _, k := range protocol.TableKeys(svcwatch.DefaultKeyPrefix, gameTable(v1)).All() {
+		if mr.Exists(k) {
+			t.Errorf("version 1's table still has key %s after the story said it was collected", k)
+		}
 	}
 	mr.Close()
 	goleak.VerifyNone(t, leakOpts...)

@@ -5,7 +5,6 @@ package main
 import (
 	"errors"
 	"os"
-	"os/exec"
 	"time"
 )
 
@@ -16,6 +15,5 @@ const stormSupported = false
 func raiseNoFile() (before, after, hard uint64, err error) {
 	return 0, 0, 0, errors.New("not supported on this OS")
 }
-func processCPU() time.Duration      { return 0 }
-func killGroup(p *os.Process) error  { return p.Kill() }
-func stormSysProcAttr(cmd *exec.Cmd) {}
+func processCPU() time.Duration     { return 0 }
+func killGroup(p *os.Process) error { return p.Kill() }

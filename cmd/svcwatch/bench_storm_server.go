@@ -108,7 +108,7 @@ func (s *stormServer) start(ctx context.Context) error {
 	logOff := fileSize(s.logFile)
 	cmd := exec.Command(s.bin, s.args()...)
 	cmd.Dir = s.dir
-	stormSysProcAttr(cmd)
+	cmd.SysProcAttr = runSysProcAttr() // a process group of its own, killed with the bench (Linux)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", s.bin, err)
 	}

@@ -3,12 +3,11 @@
 package main
 
 // bench_storm_unix.go: what the storm asks of the OS on Unix: the file
-// descriptor limit, this process's CPU time, and the redis-server child's
-// process group.
+// descriptor limit, this process's CPU time, and the kill of the redis-server
+// child's process group (run_proc_unix.go's runSysProcAttr makes the group).
 
 import (
 	"os"
-	"os/exec"
 	"syscall"
 	"time"
 )
@@ -47,8 +46,3 @@ func processCPU() time.Duration {
 // killGroup SIGKILLs the child's process group (redis-server and anything
 // it forked).
 func killGroup(p *os.Process) error { return syscall.Kill(-p.Pid, syscall.SIGKILL) }
-
-func stormSysProcAttr(cmd *exec.Cmd) {
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	setPdeathsig(cmd.SysProcAttr)
-}

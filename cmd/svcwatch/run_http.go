@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -91,7 +92,7 @@ type runAPI struct {
 	w          sidecarWatcher
 	idx        *tableIndexes
 	table      string   // self's
-	prefixes   []string // -watch-prefix, without trailing '/'
+	prefixes   []string // -watch-prefix, as the watcher's Prefixes gives them
 	setTimeout time.Duration
 	// started is set when the watcher's Start returned: from then on a table
 	// under a watched prefix that has no instance is known to be empty,
@@ -139,7 +140,7 @@ func (a *runAPI) withSelf(in svcwatch.Instance, self svcwatch.Instance) svcwatch
 // covered reports whether a watched prefix covers table (whole segments).
 func (a *runAPI) covered(table string) bool {
 	for _, p := range a.prefixes {
-		if rest, ok := strings.CutPrefix(table, p); ok && (rest == "" || rest[0] == '/') {
+		if svcwatch.UnderPrefix(table, p) {
 			return true
 		}
 	}
@@ -148,15 +149,7 @@ func (a *runAPI) covered(table string) bool {
 
 // serves reports whether table is served: watched, or under a watched prefix.
 func (a *runAPI) serves(table string) bool {
-	if a.covered(table) {
-		return true
-	}
-	for _, t := range a.w.Tables() {
-		if t == table {
-			return true
-		}
-	}
-	return false
+	return a.covered(table) || slices.Contains(a.w.Tables(), table)
 }
 
 // view returns the instances of a served table and whether it is loaded.
@@ -415,7 +408,7 @@ func query(rw http.ResponseWriter, r *http.Request, known ...string) map[string]
 	}
 	out := make(map[string]string, len(vals))
 	for k, v := range vals {
-		if !contains(known, k) {
+		if !slices.Contains(known, k) {
 			replyError(rw, http.StatusBadRequest, "unknown query parameter %q", k)
 			return nil
 		}
@@ -426,15 +419,6 @@ func query(rw http.ResponseWriter, r *http.Request, known ...string) map[string]
 		out[k] = v[0]
 	}
 	return out
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func validTable(rw http.ResponseWriter, table string) bool {

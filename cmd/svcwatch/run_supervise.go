@@ -171,7 +171,6 @@ func (r *runner) open(ctx context.Context, client redis.UniversalClient, stderr 
 	r.w = w
 	// Before Start, WatchPrefix only records the prefix (and checks it);
 	// Start loads the tables under it.
-	var prefixes []string
 	for _, p := range o.prefixes {
 		if err := w.WatchPrefix(ctx, p); err != nil {
 			if errors.Is(err, svcwatch.ErrInvalid) {
@@ -179,14 +178,13 @@ func (r *runner) open(ctx context.Context, client redis.UniversalClient, stderr 
 			}
 			return err
 		}
-		prefixes = append(prefixes, strings.TrimRight(p, "/"))
 	}
 	ln, err := listenHTTP(o.httpAddr, o.httpPublic)
 	if err != nil {
 		return err
 	}
 	r.httpAddr = ln.Addr().String()
-	r.api = newRunAPI(w, idx, r.self.Table, prefixes, o.keepAliveOrDefault()+time.Second)
+	r.api = newRunAPI(w, idx, r.self.Table, w.Prefixes(), o.keepAliveOrDefault()+time.Second)
 	r.srv = &http.Server{
 		Handler:           r.api,
 		ReadHeaderTimeout: 10 * time.Second,

@@ -17,7 +17,7 @@ import (
 )
 
 func watchCommand() *command {
-	var prefixes watchPrefixFlag
+	var prefixes listFlag // the repeatable -prefix
 	return &command{
 		name:    "watch",
 		args:    "[-prefix P]... [TABLE...]",
@@ -31,12 +31,6 @@ func watchCommand() *command {
 		},
 	}
 }
-
-// watchPrefixFlag is the repeatable -prefix flag of watch.
-type watchPrefixFlag []string
-
-func (l *watchPrefixFlag) String() string     { return strings.Join(*l, ",") }
-func (l *watchPrefixFlag) Set(v string) error { *l = append(*l, v); return nil }
 
 // watchEvent is one line of `svcwatch -json watch`.
 type watchEvent struct {

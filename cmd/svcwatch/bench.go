@@ -179,7 +179,7 @@ type bench struct {
 	mu       sync.Mutex
 	started  []*proc // every process and watcher still to stop
 	watchers []*proc // the watch-only watchers
-	// newTables: the tables the new-table phase created, deleted at the end.
+	// createdTables: the tables the new-table phase created, deleted at the end.
 	createdTables []string
 }
 

@@ -400,7 +400,7 @@ func (b *bench) idleCost(ctx context.Context) error {
 			continue
 		}
 		cs := idleCommand{
-			Command: name, Calls: d.calls, RoundTrip: isRoundTrip(name),
+			Command: name, Calls: d.calls, RoundTrip: clientCommand(name),
 			PerProcPerSec: round3(per(float64(d.calls))), UsecPerCall: round3(float64(d.usec) / float64(d.calls)),
 		}
 		rep.Commands = append(rep.Commands, cs)
@@ -422,14 +422,17 @@ func (b *bench) idleCost(ctx context.Context) error {
 	return nil
 }
 
-// isRoundTrip tells the commands a client sends from those the library's
-// scripts call (protocol/scripts/*.lua); during the idle window only the
-// library runs, so those ran inside its scripts.
-func isRoundTrip(cmd string) bool {
-	// An idle process sends only scripts and the connection's own commands;
-	// every data command it causes runs inside a script.
+// clientCommand tells the commands a client sends (its round trips) from
+// those the library's scripts run inside Redis (protocol/scripts/*.lua),
+// whatever the scripts use: an idle process sends only scripts and the
+// connection's own commands. Subcommands count with their command, as Redis 7
+// names them ("client|setname") or not ("client"). INFO is the bench's own.
+func clientCommand(name string) bool {
+	cmd, _, _ := strings.Cut(name, "|")
 	switch cmd {
-	case "evalsha", "eval", "ping", "hello", "auth", "select", "client", "subscribe", "unsubscribe", "readonly", "cluster", "info", "script":
+	case "evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_ro", "ping", "hello", "auth", "select",
+		"subscribe", "unsubscribe", "psubscribe", "punsubscribe", "ssubscribe", "sunsubscribe", "readonly", "quit", "reset",
+		"client", "script", "cluster", "command":
 		return true
 	}
 	return false

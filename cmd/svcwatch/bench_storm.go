@@ -259,8 +259,8 @@ func (s *storm) describeRemovals() {
 
 // counts is a snapshot of the events and of the watchers' counters.
 type counts struct {
-	adds, updates, removes     int64
-	fullLoads, rereg, handlerN uint64
+	adds, updates, removes int64
+	fullLoads, rereg       uint64
 }
 
 func (s *storm) snapshot() counts {
@@ -272,7 +272,6 @@ func (s *storm) snapshot() counts {
 		st := p.w.Stats()
 		c.fullLoads += st.FullLoads
 		c.rereg += st.Reregistrations
-		c.handlerN += st.Events
 	}
 	return c
 }
@@ -655,23 +654,6 @@ func cpuSeconds(info map[string]string) float64 {
 	u, _ := strconv.ParseFloat(info["used_cpu_user"], 64)
 	y, _ := strconv.ParseFloat(info["used_cpu_sys"], 64)
 	return u + y
-}
-
-// clientCommand tells the commands a client sends (its round trips) from
-// those the library's scripts run inside Redis, whatever the scripts use.
-// INFO is the bench's own.
-func clientCommand(name string) bool {
-	switch name {
-	case "evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_ro", "ping", "hello", "auth", "select",
-		"subscribe", "unsubscribe", "psubscribe", "punsubscribe", "ssubscribe", "sunsubscribe", "readonly", "quit", "reset":
-		return true
-	}
-	for _, p := range []string{"client|", "script|", "cluster|", "command|"} {
-		if strings.HasPrefix(name, p) {
-			return true
-		}
-	}
-	return false
 }
 
 // observed counts the commands the bench itself sends to the server, so that

@@ -136,11 +136,19 @@ func seedCatalog(ctx context.Context, c redis.UniversalClient, prefix string, re
 	if err != nil {
 		return err
 	}
+	// All in one pipeline: the catalog's keys share one slot, and EVAL (not
+	// EVALSHA) cannot meet NOSCRIPT.
 	added := 0
-	for _, t := range found {
-		res, err := c.Eval(ctx, protocol.CatalogTouch, cat.Script(), cat.Channel, t, "").Slice()
+	pipe := c.Pipeline()
+	cmds := make([]*redis.Cmd, len(found))
+	for i, t := range found {
+		cmds[i] = pipe.Eval(ctx, protocol.CatalogTouch, cat.Script(), cat.Channel, t, "")
+	}
+	_, _ = pipe.Exec(ctx) // each command carries its own error
+	for i, cmd := range cmds {
+		res, err := cmd.Slice()
 		if err != nil {
-			return fmt.Errorf("add %s to the catalog: %w", t, err)
+			return fmt.Errorf("add %s to the catalog: %w", found[i], err)
 		}
 		if n, _ := res[0].(int64); n == 1 {
 			added++

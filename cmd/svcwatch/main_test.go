@@ -1021,13 +1021,23 @@ func TestTablesCatalog(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &infos); err != nil {
 		t.Fatal(err)
 	}
+	seen := 0
 	for _, in := range infos {
-		if in.Table == emptied && (in.EmptySince == "" || in.CollectIn == nil || *in.CollectIn > svcwatch.DefaultRetention.Seconds()) {
-			t.Errorf("emptied table %+v", in)
+		if in.Table == emptied {
+			seen++
+			if in.EmptySince == "" || in.CollectIn == nil || *in.CollectIn > svcwatch.DefaultRetention.Seconds() {
+				t.Errorf("emptied table %+v", in)
+			}
 		}
-		if in.Table == live && in.EmptyFor != nil {
-			t.Errorf("live table %+v", in)
+		if in.Table == live {
+			seen++
+			if in.EmptyFor != nil {
+				t.Errorf("live table %+v", in)
+			}
 		}
+	}
+	if seen != 2 {
+		t.Errorf("the JSON lists %d of the live and the emptied table:\n%s", seen, out)
 	}
 }
 
@@ -1048,8 +1058,13 @@ func TestWatchPrefixCommand(t *testing.T) {
 	register(t, addr, "pw/prod/v2/game", "g2", "127.0.0.1:7002", "")
 	eventually(t, "the new table", func() bool { return strings.Contains(out.String(), "add pw/prod/v2/game/g2 ") })
 	cancel()
-	if code := <-done; code != 0 {
-		t.Errorf("exit %d: %s", code, errOut)
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("exit %d: %s", code, errOut)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("watch did not end after its context")
 	}
 	if strings.Contains(out.String(), "pw/production") {
 		t.Errorf("a table outside the prefix was reported:\n%s", out)

@@ -35,10 +35,10 @@ import (
 // childScript is CMD in these tests. It records its pid and the SVCWATCH_
 // environment, records each signal it gets, and exits with the status
 // written into $CHILD_DIR/exit ("usr1": killed by SIGUSR1). CHILD_MODE=ignore
-// ignores SIGTERM and SIGINT.
+// ignores SIGTERM and SIGINT. The environment is written last, once the traps
+// are set: waitChild waits for it, and the tests signal the child right after.
 const childScript = `
 echo $$ > "$CHILD_DIR/pid"
-env | grep '^SVCWATCH_' > "$CHILD_DIR/env.tmp"; mv "$CHILD_DIR/env.tmp" "$CHILD_DIR/env"
 trap 'echo HUP >> "$CHILD_DIR/signals"' HUP
 if [ "$CHILD_MODE" = ignore ]; then
   trap '' TERM INT
@@ -46,6 +46,7 @@ else
   trap 'echo TERM >> "$CHILD_DIR/signals"; exit 0' TERM
   trap 'echo INT >> "$CHILD_DIR/signals"; exit 0' INT
 fi
+env | grep '^SVCWATCH_' > "$CHILD_DIR/env.tmp"; mv "$CHILD_DIR/env.tmp" "$CHILD_DIR/env"
 while [ ! -e "$CHILD_DIR/exit" ]; do sleep 0.05; done
 code=$(cat "$CHILD_DIR/exit")
 [ "$code" = usr1 ] && kill -USR1 $$

@@ -1,10 +1,16 @@
 package svcwatch
 
 // backoff.go: the one capped, jittered exponential backoff, used by the
-// watcher's retries (Start's register and loads) and by ConnManager's redials.
+// watcher's retries (Start's register and loads, Backend.Retry) and by
+// ConnManager's redials; and the random tokens of incarnations and records.
 
 import (
-	"math/rand"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	mrand "math/rand"
 	"time"
 )
 
@@ -27,5 +33,30 @@ func (b backoff) delay(attempt int) time.Duration {
 		d = b.max
 	}
 	half := d / 2
-	return half + time.Duration(rand.Int63n(int64(d-half)+1))
+	return half + time.Duration(mrand.Int63n(int64(d-half)+1))
+}
+
+// retryBackoff paces the retries of a store that does not answer.
+var retryBackoff = backoff{min: 50 * time.Millisecond, max: 2 * time.Second}
+
+// retry runs f until it succeeds, fails for good (ErrDuplicateID, ErrInvalid,
+// ErrStopped), or ctx ends, with retryBackoff on clock k.
+func retry(ctx context.Context, k clock, what string, f func(context.Context) error) error {
+	for attempt := 0; ; attempt++ {
+		err := f(ctx)
+		if err == nil || errors.Is(err, ErrDuplicateID) || errors.Is(err, ErrInvalid) || errors.Is(err, ErrStopped) {
+			return err
+		}
+		if !sleep(ctx, k, retryBackoff.delay(attempt)) {
+			return fmt.Errorf("svcwatch: %s: %w (last error: %v)", what, ctx.Err(), err)
+		}
+	}
+}
+
+// newToken returns a random 16-hex-digit token (incarnations, epochs, record
+// versions).
+func newToken() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // never fails on supported platforms
+	return hex.EncodeToString(b[:])
 }

@@ -181,7 +181,7 @@ func TestHealJunkMessagesBounded(t *testing.T) {
 	if extra > bound {
 		t.Errorf("%d full reads for 5,000 junk messages in %v, want at most %d", extra, elapsed, bound)
 	}
-	if n := w.w.logged.len(); n > 2 {
+	if n := w.w.ServiceWatcher.logged.len(); n > 2 {
 		t.Errorf("the watcher remembers %d logged items after junk on one table", n)
 	}
 }

@@ -7,11 +7,7 @@ package svcwatch
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"fmt"
-	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -31,9 +27,6 @@ var (
 	scriptCheck      = redis.NewScript(protocol.Check)
 	scriptLoad       = redis.NewScript(protocol.Load)
 )
-
-// retryBackoff paces Start's retries of a Redis that does not answer.
-var retryBackoff = backoff{min: 50 * time.Millisecond, max: 2 * time.Second}
 
 // eval runs a script on the table's keys with the arguments every script takes.
 func (w *RedisServiceWatcher) eval(ctx context.Context, s *redis.Script, ts *tableSync, args ...any) *redis.Cmd {
@@ -65,7 +58,7 @@ func (w *RedisServiceWatcher) noteRoundTrip(err error) {
 	w.b.SetConnected(ok)
 	switch {
 	case isReply:
-		if w.logged.first("reply\x00" + err.Error()) {
+		if w.b.LogOnce("reply\x00" + err.Error()) {
 			w.log.Error("svcwatch: Redis refused a call", "err", err)
 		}
 	case ok && w.downLogged.Swap(false):
@@ -98,59 +91,7 @@ func (w *RedisServiceWatcher) refreshClusterSlots() {
 // logBadOnce logs unreadable data the first time it is seen: once per table
 // and record ID, and once per table for junk messages (id empty).
 func (w *RedisServiceWatcher) logBadOnce(table, id string, err error) {
-	if w.logged.first(table + "\x00" + id) {
+	if w.b.LogOnce(table + "\x00" + id) {
 		w.log.Warn("svcwatch: skipping unreadable data", "table", table, "id", id, "err", err)
 	}
-}
-
-// logOnceMax bounds what a watcher remembers having logged.
-const logOnceMax = 1024
-
-// onceSet remembers keys up to logOnceMax of them; when full it forgets them
-// all, so that a flood of distinct junk costs bounded memory (and is logged
-// again at most once per logOnceMax items).
-type onceSet struct {
-	mu   sync.Mutex
-	seen map[string]struct{}
-}
-
-// first reports whether key was not seen before, and remembers it.
-func (s *onceSet) first(key string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.seen[key]; ok {
-		return false
-	}
-	if s.seen == nil || len(s.seen) >= logOnceMax {
-		s.seen = make(map[string]struct{})
-	}
-	s.seen[key] = struct{}{}
-	return true
-}
-
-func (s *onceSet) len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.seen)
-}
-
-// retry runs f until it succeeds, fails for good, or ctx ends, with backoff on
-// the watcher's clock.
-func (w *RedisServiceWatcher) retry(ctx context.Context, what string, f func(context.Context) error) error {
-	for attempt := 0; ; attempt++ {
-		err := f(ctx)
-		if err == nil || errors.Is(err, ErrDuplicateID) || errors.Is(err, ErrInvalid) || errors.Is(err, ErrStopped) {
-			return err
-		}
-		if !sleep(ctx, w.b, retryBackoff.delay(attempt)) {
-			return fmt.Errorf("svcwatch: %s: %w (last error: %v)", what, ctx.Err(), err)
-		}
-	}
-}
-
-// newToken returns a random 16-hex-digit token (incarnations, epochs).
-func newToken() string {
-	var b [8]byte
-	_, _ = rand.Read(b[:]) // never fails on supported platforms
-	return hex.EncodeToString(b[:])
 }

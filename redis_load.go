@@ -19,7 +19,7 @@ func (w *RedisServiceWatcher) loadUntilDone(ctx context.Context, ts *tableSync) 
 		return nil
 	default:
 	}
-	return w.retry(ctx, "load "+ts.table, func(ctx context.Context) error { return w.loadTable(ctx, ts) })
+	return w.b.Retry(ctx, "load "+ts.table, func(ctx context.Context) error { return w.loadTable(ctx, ts) })
 }
 
 // loadTable reads the whole table atomically and makes it the view.

@@ -81,7 +81,7 @@ func (w *RedisServiceWatcher) discover(ctx context.Context, run *running) error 
 	if err := w.subscribeCatalog(ctx, run); err != nil {
 		return err
 	}
-	return w.retry(ctx, "read the catalog", func(ctx context.Context) error { return w.readCatalog(ctx, run) })
+	return w.b.Retry(ctx, "read the catalog", func(ctx context.Context) error { return w.readCatalog(ctx, run) })
 }
 
 // stopSyncing ends the sync of a table no longer watched and drops its view

@@ -55,7 +55,6 @@ type RedisServiceWatcher struct {
 	downLogged atomic.Bool // a "does not answer" was logged and not yet taken back
 	// slotsRefreshed: when the Cluster slot map was last reloaded (unix ns).
 	slotsRefreshed atomic.Int64
-	logged         onceSet // unreadable data and error replies already logged
 }
 
 type watcherState int
@@ -199,7 +198,7 @@ func (w *RedisServiceWatcher) start(ctx context.Context, run *running, syncs []*
 	}
 	if !w.conf.WatchOnly {
 		w.b.SetRegistration(newToken(), time.Time{})
-		if err := w.retry(ctx, "register", w.register); err != nil {
+		if err := w.b.Retry(ctx, "register", w.register); err != nil {
 			return err
 		}
 	}

@@ -31,6 +31,7 @@ type ServiceWatcher struct {
 	set       tableSet // the watched tables and prefixes
 	health    healthRunner
 	store     selfHooks // how the backend stores self (SetDesc, SetMeta, SetState, Drain)
+	logged    onceSet   // what the backend logged once (Backend.LogOnce)
 
 	fullLoads  atomic.Uint64
 	lastSync   atomic.Int64 // unix nanoseconds of the watcher's clock

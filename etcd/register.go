@@ -74,7 +74,7 @@ func (w *EtcdServiceWatcher) registerLocked(ctx context.Context, replace bool) e
 	if regAt.IsZero() {
 		regAt = time.Now() // etcd has no clock to read: the registering process's
 	}
-	w.reg.ver = newToken()
+	w.reg.ver = w.b.NewToken()
 	rec := encodeRecord(self, w.reg.ver, regAt, w.conf.TTL)
 	key := w.keys.instKey(self.Table, self.ID)
 	put := clientv3.OpPut(key, rec, clientv3.WithLease(w.reg.lease))
@@ -179,7 +179,7 @@ func (w *EtcdServiceWatcher) updateLocked(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, w.callTimeout())
 	defer cancel()
 	key := w.keys.instKey(self.Table, self.ID)
-	w.reg.ver = newToken()
+	w.reg.ver = w.b.NewToken()
 	put := clientv3.OpPut(key, encodeRecord(self, w.reg.ver, self.RegisteredAt, w.conf.TTL), clientv3.WithLease(w.reg.lease))
 	for try := 0; try < 4; try++ {
 		resp, err := w.cli.Txn(cctx).

@@ -135,7 +135,7 @@ func (w *EtcdServiceWatcher) runSource(run *running, s *source) {
 			return
 		}
 		if err != nil {
-			if !sleep(s.ctx, backoff(attempt, 50*time.Millisecond, w.conf.KeepAlive)) {
+			if !w.b.Sleep(s.ctx, w.b.Backoff(attempt, 50*time.Millisecond, w.conf.KeepAlive)) {
 				return
 			}
 			attempt++
@@ -149,7 +149,7 @@ func (w *EtcdServiceWatcher) runSource(run *running, s *source) {
 		}
 		w.log.Info("svcwatch/etcd: the watch ended; reading again", "range", s.rng, "reason", err)
 		// Jittered, so that a cluster-wide event does not become a read storm.
-		if !sleep(s.ctx, time.Duration(mrand.Int63n(int64(min(w.conf.ScanInterval/2, time.Second))+1))) {
+		if !w.b.Sleep(s.ctx, time.Duration(mrand.Int63n(int64(min(w.conf.ScanInterval/2, time.Second))+1))) {
 			return
 		}
 	}
@@ -323,7 +323,7 @@ func (w *EtcdServiceWatcher) dropLocked(table string) {
 
 // logBadOnce logs an unreadable record once per key.
 func (w *EtcdServiceWatcher) logBadOnce(key string, err error) {
-	if _, seen := w.logged.LoadOrStore(key, true); !seen {
+	if w.b.LogOnce(key) {
 		w.log.Error("svcwatch/etcd: skipping an unreadable record", "key", key, "err", err)
 	}
 }

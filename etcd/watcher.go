@@ -75,7 +75,6 @@ type EtcdServiceWatcher struct {
 	reg     registration // guarded by regLock
 
 	downLogged atomic.Bool // "does not answer" was logged and not yet taken back
-	logged     sync.Map    // keys whose unreadable record was logged
 }
 
 // registration is what this incarnation holds in etcd. Guarded by regLock.
@@ -204,8 +203,8 @@ func (w *EtcdServiceWatcher) start(ctx context.Context, run *running) error {
 	defer context.AfterFunc(run.attempt, cancel)()
 
 	if !w.conf.WatchOnly {
-		w.b.SetRegistration(newToken(), time.Time{})
-		err := w.retry(ctx, "register", func(ctx context.Context) error { return w.register(ctx, true) })
+		w.b.SetRegistration(w.b.NewToken(), time.Time{})
+		err := w.b.Retry(ctx, "register", func(ctx context.Context) error { return w.register(ctx, true) })
 		if err != nil {
 			return err
 		}

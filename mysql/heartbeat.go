@@ -59,7 +59,7 @@ func (w *MySQLServiceWatcher) registerLocked(ctx context.Context) error {
 	}
 	self := w.Self()
 	if w.recVer == "" {
-		w.recVer = newToken()
+		w.recVer = w.b.NewToken()
 	}
 	ctx, cancel := context.WithTimeout(ctx, w.callTimeout())
 	defer cancel()
@@ -131,7 +131,7 @@ func (w *MySQLServiceWatcher) updateLocked(ctx context.Context, newVersion bool)
 		return nil // Start has not registered yet, and will register self as it is now
 	}
 	if newVersion || w.recVer == "" {
-		w.recVer = newToken()
+		w.recVer = w.b.NewToken()
 	}
 	cctx, cancel := context.WithTimeout(ctx, w.callTimeout())
 	defer cancel()

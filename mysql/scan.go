@@ -311,7 +311,7 @@ func (w *MySQLServiceWatcher) loadLocked(ctx context.Context, table string) erro
 		}
 		inst, err := w.b.DecodeRecord(table, string(s), string(rec))
 		if err != nil {
-			if w.logged.first(table + "\x00" + string(s)) {
+			if w.b.LogOnce(table + "\x00" + string(s)) {
 				w.log.Warn("svcwatch/mysql: skipping an unreadable record", "table", table, "id", string(s), "err", err)
 			}
 			return nil

@@ -58,7 +58,7 @@ func (w *MySQLServiceWatcher) WatchPrefix(ctx context.Context, prefix string) er
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(run.attempt, cancel)()
-	err = w.retry(ctx, "list the tables under "+norm, func(ctx context.Context) error {
+	err = w.b.Retry(ctx, "list the tables under "+norm, func(ctx context.Context) error {
 		return w.discover(ctx, []string{norm})
 	})
 	if err != nil {

@@ -68,7 +68,6 @@ type MySQLServiceWatcher struct {
 	pos    map[string]position
 
 	downLogged atomic.Bool // "does not answer" was logged and not yet taken back
-	logged     onceSet     // unreadable records and refused statements already logged
 }
 
 // position is where a table's view stands: the revision row it was read at.
@@ -194,21 +193,21 @@ func (w *MySQLServiceWatcher) start(ctx context.Context, run *running) error {
 	defer cancel()
 	defer context.AfterFunc(run.attempt, cancel)()
 
-	if err := w.retry(ctx, "create tables", w.ensureSchema); err != nil {
+	if err := w.b.Retry(ctx, "create tables", w.ensureSchema); err != nil {
 		return err
 	}
 	if !w.conf.WatchOnly {
-		w.b.SetRegistration(newToken(), time.Time{})
-		if err := w.retry(ctx, "register", w.register); err != nil {
+		w.b.SetRegistration(w.b.NewToken(), time.Time{})
+		if err := w.b.Retry(ctx, "register", w.register); err != nil {
 			return err
 		}
 	}
 	for _, table := range w.Tables() {
-		if err := w.retry(ctx, "load "+table, func(ctx context.Context) error { return w.load(ctx, table) }); err != nil {
+		if err := w.b.Retry(ctx, "load "+table, func(ctx context.Context) error { return w.load(ctx, table) }); err != nil {
 			return err
 		}
 	}
-	if err := w.retry(ctx, "discover tables", w.discoverPrefixes); err != nil {
+	if err := w.b.Retry(ctx, "discover tables", w.discoverPrefixes); err != nil {
 		return err
 	}
 	w.mu.Lock()
@@ -250,7 +249,7 @@ func (w *MySQLServiceWatcher) Watch(ctx context.Context, table string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(run.attempt, cancel)()
-	if err := w.retry(ctx, "load "+table, func(ctx context.Context) error { return w.loadOnce(ctx, table) }); err != nil {
+	if err := w.b.Retry(ctx, "load "+table, func(ctx context.Context) error { return w.loadOnce(ctx, table) }); err != nil {
 		return w.stoppedOr(err)
 	}
 	return w.stoppedOr(w.b.Flush(ctx))

@@ -178,7 +178,9 @@ func (w *MySQLServiceWatcher) apply(ctx context.Context, res scanResult, touched
 	moved := false
 	var found []string
 	for table := range res.revs {
-		if !w.b.Watched(table) && w.b.AddFoundTable(table) {
+		// Also for a table watched by name: the prefix then keeps it past
+		// an Unwatch.
+		if w.b.AddFoundTable(table) {
 			found = append(found, table)
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 
@@ -97,7 +98,7 @@ func testWatchDeliversExisting(h *harness) {
 	if got := idsOf(w.w.Services(other)); got != "g1,g2" {
 		t.Errorf("Services(%s) after Watch = [%s], want [g1,g2]", other, got)
 	}
-	if !contains(w.w.Tables(), other) || !contains(w.w.Tables(), own) {
+	if !slices.Contains(w.w.Tables(), other) || !slices.Contains(w.w.Tables(), own) {
 		t.Errorf("Tables() = %v, want both %s and %s", w.w.Tables(), own, other)
 	}
 	// Watching it again is harmless: no second OnAdd.
@@ -259,13 +260,4 @@ func testHandlerPanic(h *harness) {
 	h.eventually("the panicking handler to run", func() bool { return len(panicked) == 1 })
 	h.start(tb, "b")
 	h.eventually("b added after the panic", func() bool { return w.rec.has("add", tb, "b") }, func() string { return w.rec.String() })
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

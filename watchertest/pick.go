@@ -6,12 +6,9 @@ package watchertest
 
 import (
 	"fmt"
-	"strconv"
 
 	"github.com/svcwatch/svcwatch"
 )
-
-func itoa(i int) string { return strconv.Itoa(i) }
 
 // Pick and PickN agree across watchers (a watch-only one included) that hold
 // the same view; PickN is distinct and starts with Pick's owner.

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"strconv"
 	"sync/atomic"
 
 	"github.com/svcwatch/svcwatch"
@@ -249,7 +250,7 @@ func testHealthCheck(h *harness) {
 func keys(n int) []string {
 	out := make([]string, n)
 	for i := range out {
-		out[i] = "player-" + itoa(i)
+		out[i] = "player-" + strconv.Itoa(i)
 	}
 	return out
 }

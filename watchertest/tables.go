@@ -99,7 +99,7 @@ func testWatchPrefix(h *harness) {
 	h.start(x3, "c")
 	h.eventually("the new table's peer to arrive", func() bool { return w.rec.has("add", x3, "c") },
 		func() string { return "events: " + w.rec.String() })
-	if got := tw.Tables(); !contains(got, x3) {
+	if got := tw.Tables(); !slices.Contains(got, x3) {
 		t.Errorf("Tables() = %v, want it to include %s", got, x3)
 	}
 	h.start(h.table("production")+"/v2/game", "z2")
@@ -172,7 +172,7 @@ func testPrefixAndName(h *harness) {
 	}
 	h.start(x1, "c")
 	h.sees(w, x1, "a,b,c")
-	if w.rec.has("remove", x1, "a") || !contains(tw.Tables(), x1) {
+	if w.rec.has("remove", x1, "a") || !slices.Contains(tw.Tables(), x1) {
 		t.Errorf("Unwatch dropped a table still covered by a prefix: Tables %v; events %s", tw.Tables(), w.rec)
 	}
 	if err := tw.UnwatchPrefix(ctx, prefix); err != nil {
@@ -181,8 +181,34 @@ func testPrefixAndName(h *harness) {
 	h.eventually("OnRemove of a, b and c once neither reason holds", func() bool {
 		return w.rec.has("remove", x1, "a") && w.rec.has("remove", x1, "b") && w.rec.has("remove", x1, "c")
 	}, func() string { return "events: " + w.rec.String() })
-	if contains(tw.Tables(), x1) {
+	if slices.Contains(tw.Tables(), x1) {
 		t.Errorf("Tables() = %v still lists %s", tw.Tables(), x1)
+	}
+
+	// A table watched by name before it exists, that then appears under a
+	// watched prefix, is covered by the prefix too: Unwatch keeps it.
+	prefix2 := h.table("staging")
+	y := prefix2 + "/v1/game"
+	if err := tw.Watch(ctx, y); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.WatchPrefix(ctx, prefix2); err != nil {
+		t.Fatal(err)
+	}
+	h.start(y, "d")
+	// A later table under the prefix, which only the prefix can find: once
+	// it is seen, the prefix has found y too (on a store whose discovery
+	// trails the named table's own sync).
+	h.start(prefix2+"/v2/game", "f")
+	h.sees(w, y, "d")
+	h.sees(w, prefix2+"/v2/game", "f")
+	if err := tw.Unwatch(ctx, y); err != nil {
+		t.Fatal(err)
+	}
+	h.start(y, "e")
+	h.sees(w, y, "d,e")
+	if w.rec.has("remove", y, "d") || !slices.Contains(tw.Tables(), y) {
+		t.Errorf("Unwatch dropped a table that appeared under a watched prefix: Tables %v; events %s", tw.Tables(), w.rec)
 	}
 }
 

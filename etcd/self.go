@@ -27,7 +27,7 @@ func (w *EtcdServiceWatcher) writeSelf(ctx context.Context, apply func() (undo f
 		return svcwatch.ErrStopped
 	}
 	undo, err := apply()
-	if err != nil || state == stateNew || w.Self().Incarnation == "" {
+	if err != nil || w.reg.modRev == 0 {
 		return err // before Start registers: registered as it is when it does
 	}
 	if err := w.updateLocked(ctx); err != nil {

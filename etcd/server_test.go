@@ -165,6 +165,7 @@ func ourGoroutines() string {
 			continue
 		}
 		if strings.Contains(g, "svcwatch/etcd.(*EtcdServiceWatcher)") ||
+			strings.Contains(g, "svcwatch/etcd.(*keepalive)") ||
 			strings.Contains(g, "svcwatch.(*dispatcher).run") {
 			left = append(left, g)
 		}

@@ -25,12 +25,13 @@ func (w *EtcdServiceWatcher) Unwatch(ctx context.Context, table string) error {
 		return svcwatch.ErrStopped
 	}
 	unwatched, err := w.b.RemoveTable(table)
+	if err != nil {
+		w.mu.Unlock() // refused (self's own table): its source stays
+		return err
+	}
 	s := w.named[table]
 	delete(w.named, table)
 	w.mu.Unlock()
-	if err != nil {
-		return err
-	}
 	if s != nil {
 		// Its events must not outlive the drop below.
 		if err := stopSource(ctx, s); err != nil {

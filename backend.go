@@ -46,12 +46,6 @@ func (b *Backend) NewTimer(d time.Duration) Timer { return b.w.cfg.clock.NewTime
 // ErrInvalid says what is wrong.
 func (b *Backend) CheckTable(table string) error { return checkTable(table) }
 
-// CheckSelf checks an instance as a registering watcher's self is checked
-// (table, ID, name, state, and Desc and Meta within the size limit), so that a
-// backend's SetDesc, SetMeta and SetState refuse what NewServiceWatcher would:
-// every problem wraps ErrInvalid.
-func (b *Backend) CheckSelf(self Instance) error { return checkSelf(self, false, b.w.cfg.MaxDescSize) }
-
 // DecodeRecord turns a stored record (protocol.Record's JSON) of table and id
 // into an Instance, refusing what a registration could not have written (bad
 // Retry runs f until it succeeds, fails for good (an error wrapping
@@ -89,6 +83,36 @@ func (b *Backend) LogOnce(key string) bool { return b.w.logged.first(key) }
 func (b *Backend) DecodeRecord(table, id, raw string) (Instance, error) {
 	return decodeRecord(table, id, raw, b.w.cfg.MaxDescSize)
 }
+
+// Retry runs f until it succeeds, fails for good (an error wrapping
+// ErrDuplicateID, ErrInvalid or ErrStopped) or ctx ends, waiting between tries
+// a jittered backoff from 50 ms doubling to 2 s on the watcher's clock, so
+// that processes that failed together do not retry in lockstep.
+func (b *Backend) Retry(ctx context.Context, what string, f func(context.Context) error) error {
+	return retry(ctx, b.w.cfg.clock, what, f)
+}
+
+// Backoff returns the wait before retry number attempt+1 (from 0): lo
+// doubling up to hi, with equal jitter.
+func (b *Backend) Backoff(attempt int, lo, hi time.Duration) time.Duration {
+	return backoff{min: lo, max: hi}.delay(attempt)
+}
+
+// Sleep waits d on the watcher's clock, or until ctx ends; it reports whether
+// d passed.
+func (b *Backend) Sleep(ctx context.Context, d time.Duration) bool {
+	return sleep(ctx, b.w.cfg.clock, d)
+}
+
+// NewToken returns a random 16-hex-digit token, for incarnations and record
+// versions.
+func (b *Backend) NewToken() string { return newToken() }
+
+// LogOnce reports whether key is new to this watcher, and remembers it: a
+// backend logs unreadable data or a refused call only the first time. It
+// remembers at most 1,024 keys (then forgets them all), so a flood of junk
+// costs bounded memory.
+func (b *Backend) LogOnce(key string) bool { return b.w.logged.first(key) }
 
 // AddTable records table as watched by name (it must have passed CheckTable);
 // it reports whether the table was not watched before, so that the backend
@@ -284,20 +308,6 @@ func (b *Backend) SetSelfWriter(write func(ctx context.Context, apply func() (un
 func (b *Backend) SetRegistration(incarnation string, at time.Time) {
 	b.w.setSelf(func(s *Instance) { s.Incarnation, s.RegisteredAt = incarnation, at })
 }
-
-// SetSelfDesc records self's Desc; a backend calls it as it stores the new Desc
-// (or, before Start, to have it registered).
-func (b *Backend) SetSelfDesc(desc string) { b.w.setSelf(func(s *Instance) { s.Desc = desc }) }
-
-// SetSelfMeta records self's Meta (a copy of meta), as SetSelfDesc.
-func (b *Backend) SetSelfMeta(meta map[string]string) { b.w.setSelfMeta(meta) }
-
-// SetSelfState records the state the process set, as SetSelfDesc; while the
-// health check fails, Self shows Unhealthy instead.
-func (b *Backend) SetSelfState(s State) { b.w.setWantState(s) }
-
-// WantState returns the state the process set (Self().State is what peers see).
-func (b *Backend) WantState() State { return b.w.wantStateNow() }
 
 // SetConnected records whether the latest round trip to the store succeeded.
 func (b *Backend) SetConnected(ok bool) { b.w.connected.Store(ok) }

@@ -166,19 +166,6 @@ func TestBackendChecks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, bad := range []Instance{
-		{Table: "g/e/v/game", ID: "a/b", Name: "h:1"},
-		{Table: "g/e/v/game", ID: "a", Name: "h:1", Desc: strings.Repeat("x", 17)},
-		{Table: "g/e/v/game", ID: "a", Name: "h:1", Meta: map[string]string{"weight": "-1"}},
-		{Table: "g/e/v/game", ID: "a", Name: "h:1", State: State(9)},
-	} {
-		if err := b.CheckSelf(bad); !errors.Is(err, ErrInvalid) {
-			t.Errorf("CheckSelf(%+v) = %v, want ErrInvalid", bad, err)
-		}
-	}
-	if err := b.CheckSelf(Instance{Table: "g/e/v/game", ID: "a", Name: "h:1", Desc: "{}"}); err != nil {
-		t.Errorf("CheckSelf(good) = %v", err)
-	}
 	rec := protocol.Record{Inc: "i1", Ver: "v1", Name: "h:2", Desc: "{}", Reg: 1000, TTL: 1000}.Encode()
 	inst, err := b.DecodeRecord("g/e/v/game", "b", rec)
 	if err != nil || inst.Name != "h:2" || inst.Incarnation != "i1" || inst.RegisteredAt.UnixMilli() != 1000 {

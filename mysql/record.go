@@ -2,7 +2,7 @@ package mysql
 
 // record.go: the stored record (the protocol package's JSON, the same as in
 // Redis, so that Desc, Meta and State round-trip alike). Reading it back and
-// checking self are the core's (Backend.DecodeRecord, Backend.CheckSelf).
+// checking changes of self are the core's (Backend.DecodeRecord, SetDesc ...).
 // Pure functions.
 
 import (

@@ -11,7 +11,9 @@ import (
 
 // writeSelf is the core's writer of self (Backend.SetSelfWriter): it applies
 // a change under regLock and writes self's record, undoing the change if the
-// write fails. Before Start it only applies the change, which Start registers.
+// write fails. Until Start has an incarnation to register (before Start, or
+// while Start still waits for its subscriptions) it only applies the change,
+// which Start registers.
 func (w *RedisServiceWatcher) writeSelf(ctx context.Context, apply func() (undo func(), err error)) error {
 	if err := w.lockReg(ctx); err != nil {
 		return err
@@ -20,13 +22,14 @@ func (w *RedisServiceWatcher) writeSelf(ctx context.Context, apply func() (undo 
 	// Read under regLock: a Start that registers meanwhile has either
 	// registered already (then this writes) or will register this change.
 	w.mu.Lock()
-	state := w.state
+	stopped := w.state == stateStopped
 	w.mu.Unlock()
-	if state == stateStopped {
+	if stopped {
 		return ErrStopped
 	}
+	unregistered := w.Self().Incarnation == "" // Start sets it just before it registers
 	undo, err := apply()
-	if err != nil || state == stateNew {
+	if err != nil || unregistered {
 		return err
 	}
 	if err := w.updateLocked(ctx, true); err != nil {

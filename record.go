@@ -11,28 +11,26 @@ import (
 	"github.com/svcwatch/svcwatch/protocol"
 )
 
-var errBadRecord = protocol.ErrBadData
-
 // decodeRecord turns a stored record into an Instance of table. It refuses what a
 // registration could not have written, so that foreign or damaged data is
 // skipped instead of reported.
 func decodeRecord(table, id, raw string, maxDesc int) (Instance, error) {
 	if len(raw) > 6*maxDesc+4096 { // JSON escaping may grow a desc up to six times
-		return Instance{}, fmt.Errorf("%w: %d bytes, over the size limit", errBadRecord, len(raw))
+		return Instance{}, fmt.Errorf("%w: %d bytes, over the size limit", protocol.ErrBadData, len(raw))
 	}
 	r, err := protocol.DecodeRecord(raw)
 	if err != nil {
 		return Instance{}, err
 	}
 	if checkName("id", id, maxIDLen, false) != nil || checkName("name", r.Name, maxNameLen, true) != nil {
-		return Instance{}, fmt.Errorf("%w: missing or bad id or name", errBadRecord)
+		return Instance{}, fmt.Errorf("%w: missing or bad id or name", protocol.ErrBadData)
 	}
 	size := len(r.Desc)
 	for k, v := range r.Meta {
 		size += len(k) + len(v)
 	}
 	if size > maxDesc {
-		return Instance{}, fmt.Errorf("%w: desc and meta are %d bytes, over the limit of %d", errBadRecord, size, maxDesc)
+		return Instance{}, fmt.Errorf("%w: desc and meta are %d bytes, over the limit of %d", protocol.ErrBadData, size, maxDesc)
 	}
 	if len(r.Meta) == 0 {
 		r.Meta = nil

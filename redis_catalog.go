@@ -45,19 +45,18 @@ type catalogOp struct {
 }
 
 // touchCatalog adds table to the catalog or raises its score to at (zero:
-// Redis's now). It reports whether the table was new to the catalog.
-func (w *RedisServiceWatcher) touchCatalog(ctx context.Context, table string, at int64) (bool, error) {
+// Redis's now).
+func (w *RedisServiceWatcher) touchCatalog(ctx context.Context, table string, at int64) error {
 	arg := ""
 	if at > 0 {
 		arg = fmt.Sprint(at)
 	}
-	res, err := scriptCatalogTouch.Run(ctx, w.client, w.cat.Script(), w.cat.Channel, table, arg).Slice()
+	err := scriptCatalogTouch.Run(ctx, w.client, w.cat.Script(), w.cat.Channel, table, arg).Err()
 	w.noteRoundTrip(err)
 	if err != nil {
-		return false, fmt.Errorf("svcwatch: catalog: add %s: %w", table, err)
+		return fmt.Errorf("svcwatch: catalog: add %s: %w", table, err)
 	}
-	added, _ := res[0].(int64)
-	return added == 1, nil
+	return nil
 }
 
 // onCatalogMessage queues an announcement for the catalog goroutine; a gap in
@@ -300,7 +299,7 @@ func (w *RedisServiceWatcher) collect(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 4*w.callTimeout())
 	defer cancel()
 	if !w.conf.WatchOnly && w.registered.Load() {
-		_, _ = w.touchCatalog(ctx, w.Self().Table, 0)
+		_ = w.touchCatalog(ctx, w.Self().Table, 0)
 	}
 	retention := w.conf.TableRetention.Milliseconds()
 	res, err := scriptCatalogDue.Run(ctx, w.client, []string{w.cat.Tables}, retention, gcBatch).StringSlice()
@@ -337,11 +336,11 @@ func (w *RedisServiceWatcher) collectTable(ctx context.Context, table, score str
 				"table", table, "retention", w.conf.TableRetention, "catalog_entry_dropped", dropped == 1)
 		}
 	case "live":
-		_, _ = w.touchCatalog(ctx, table, 0)
+		_ = w.touchCatalog(ctx, table, 0)
 	case "empty":
 		if len(res) > 1 {
 			since, _ := res[1].(int64)
-			_, _ = w.touchCatalog(ctx, table, since)
+			_ = w.touchCatalog(ctx, table, since)
 		}
 	}
 }

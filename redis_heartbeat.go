@@ -74,7 +74,7 @@ func (w *RedisServiceWatcher) registerLocked(ctx context.Context) error {
 	w.b.SetRegistered(true)
 	// The catalog lives in another slot, so this is a second call. A failure
 	// costs nothing lasting: the collection pass adds self's table again.
-	if _, err := w.touchCatalog(cctx, self.Table, 0); err != nil {
+	if err := w.touchCatalog(cctx, self.Table, 0); err != nil {
 		w.log.Debug("svcwatch: adding the table to the catalog failed; the next pass retries", "err", err)
 	}
 	return nil
@@ -143,7 +143,6 @@ func (w *RedisServiceWatcher) recordVersion() string {
 		return w.recVer
 	default:
 		return "" // a write is in flight and settles the version: skip the check
-
 	}
 }
 

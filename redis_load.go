@@ -90,7 +90,7 @@ func (w *RedisServiceWatcher) applyLoad(ts *tableSync, epoch string, rev int64, 
 		hold = w.b.Now().Add(w.conf.TTL)
 		ts.holdExpiredUntil = hold
 	}
-	if newEpoch || rewritten || ts.epoch != epoch {
+	if rewritten || ts.epoch != epoch {
 		ts.history = nil
 	}
 	ts.epoch, ts.diverged = epoch, false

@@ -2,8 +2,9 @@ package svcwatch
 
 // redis_sync.go: keeping each watched table's view current: the pub/sub
 // subscription, applying change messages in order, and scheduling reloads
-// (the safety nets that ask for them are in redis_scan.go). syncLoop runs on the sync goroutine, owned by the running
-// Start and ended by Stop; subscribe runs on the goroutine of Start or Watch.
+// (the safety nets that ask for them are in redis_scan.go). syncLoop runs on
+// the sync goroutine, owned by the running Start and ended by Stop; subscribe
+// runs on the goroutine of Start or Watch.
 // Full reads of a table are in redis_load.go.
 
 import (

@@ -140,6 +140,7 @@ func TestHealOversizedRecordSameByPushAndLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	converge(t, []*node{w}, gameTable, "a,w")
+	flushed(t, w) // events trail the view
 	var seq []string
 	for _, e := range w.rec.events() {
 		if e.inst.ID == "a" {

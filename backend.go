@@ -48,36 +48,6 @@ func (b *Backend) CheckTable(table string) error { return checkTable(table) }
 
 // DecodeRecord turns a stored record (protocol.Record's JSON) of table and id
 // into an Instance, refusing what a registration could not have written (bad
-// Retry runs f until it succeeds, fails for good (an error wrapping
-// ErrDuplicateID, ErrInvalid or ErrStopped) or ctx ends, waiting between tries
-// a jittered backoff from 50 ms doubling to 2 s on the watcher's clock, so
-// that processes that failed together do not retry in lockstep.
-func (b *Backend) Retry(ctx context.Context, what string, f func(context.Context) error) error {
-	return retry(ctx, b.w.cfg.clock, what, f)
-}
-
-// Backoff returns the wait before retry number attempt+1 (from 0): lo
-// doubling up to hi, with equal jitter.
-func (b *Backend) Backoff(attempt int, lo, hi time.Duration) time.Duration {
-	return backoff{min: lo, max: hi}.delay(attempt)
-}
-
-// Sleep waits d on the watcher's clock, or until ctx ends; it reports whether
-// d passed.
-func (b *Backend) Sleep(ctx context.Context, d time.Duration) bool {
-	return sleep(ctx, b.w.cfg.clock, d)
-}
-
-// NewToken returns a random 16-hex-digit token, for incarnations and record
-// versions.
-func (b *Backend) NewToken() string { return newToken() }
-
-// LogOnce reports whether key is new to this watcher, and remembers it: a
-// backend logs unreadable data or a refused call only the first time. It
-// remembers at most 1,024 keys (then forgets them all), so a flood of junk
-// costs bounded memory.
-func (b *Backend) LogOnce(key string) bool { return b.w.logged.first(key) }
-
 // names, over the size limit): a backend skips such data instead of
 // reporting it. Errors wrap protocol.ErrBadData.
 func (b *Backend) DecodeRecord(table, id, raw string) (Instance, error) {

@@ -162,9 +162,11 @@ func testEventOrder(h *harness) {
 			t.Fatalf("SetDesc %d: %v", i, err)
 		}
 	}
-	h.eventually("w to see p's last desc", func() bool {
-		inst, _ := w.w.Lookup(tb, "p")
-		return inst.Desc == "d"+strconv.Itoa(changes)
+	// Heard, not only in the view: events trail it, and an update still
+	// queued at the removal is merged into it.
+	h.eventually("w to hear p's last desc", func() bool {
+		evs := w.rec.about(tb, "p")
+		return len(evs) > 0 && evs[len(evs)-1].inst.Desc == "d"+strconv.Itoa(changes)
 	}, func() string { return "events: " + w.rec.String() })
 	if err := h.stop(p); err != nil {
 		t.Fatal(err)

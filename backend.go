@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"sort"
 	"time"
+
+	"github.com/svcwatch/svcwatch/protocol"
 )
 
 // Backend feeds a ServiceWatcher: what the store holds (ReplaceTable,
@@ -52,6 +54,16 @@ func (b *Backend) CheckTable(table string) error { return checkTable(table) }
 // reporting it. Errors wrap protocol.ErrBadData.
 func (b *Backend) DecodeRecord(table, id, raw string) (Instance, error) {
 	return decodeRecord(table, id, raw, b.w.cfg.MaxDescSize)
+}
+
+// EncodeRecord returns self's stored record (protocol.Record's JSON, as the
+// Redis scripts write it) for record version ver, registered at registeredAt
+// (server time), with the watcher's TTL: what DecodeRecord reads back.
+func (b *Backend) EncodeRecord(self Instance, ver string, registeredAt time.Time) string {
+	return protocol.Record{
+		Inc: self.Incarnation, Ver: ver, Name: self.Name, Desc: self.Desc, Meta: self.Meta,
+		State: stateName(self.State), Reg: registeredAt.UnixMilli(), TTL: b.w.cfg.TTL.Milliseconds(),
+	}.Encode()
 }
 
 // Retry runs f until it succeeds, fails for good (an error wrapping

@@ -75,7 +75,7 @@ func (w *EtcdServiceWatcher) registerLocked(ctx context.Context, replace bool) e
 		regAt = time.Now() // etcd has no clock to read: the registering process's
 	}
 	w.reg.ver = w.b.NewToken()
-	rec := encodeRecord(self, w.reg.ver, regAt, w.conf.TTL)
+	rec := w.b.EncodeRecord(self, w.reg.ver, regAt)
 	key := w.keys.instKey(self.Table, self.ID)
 	put := clientv3.OpPut(key, rec, clientv3.WithLease(w.reg.lease))
 
@@ -114,7 +114,7 @@ func (w *EtcdServiceWatcher) registerLocked(ctx context.Context, replace bool) e
 			// Our own key, under a lease we lost: take it back.
 			if r.Reg > 0 {
 				regAt = time.UnixMilli(r.Reg)
-				rec = encodeRecord(self, w.reg.ver, regAt, w.conf.TTL)
+				rec = w.b.EncodeRecord(self, w.reg.ver, regAt)
 				put = clientv3.OpPut(key, rec, clientv3.WithLease(w.reg.lease))
 			}
 		case replace && w.conf.RestartReplace && r.Name == self.Name:
@@ -180,7 +180,7 @@ func (w *EtcdServiceWatcher) updateLocked(ctx context.Context) error {
 	defer cancel()
 	key := w.keys.instKey(self.Table, self.ID)
 	w.reg.ver = w.b.NewToken()
-	put := clientv3.OpPut(key, encodeRecord(self, w.reg.ver, self.RegisteredAt, w.conf.TTL), clientv3.WithLease(w.reg.lease))
+	put := clientv3.OpPut(key, w.b.EncodeRecord(self, w.reg.ver, self.RegisteredAt), clientv3.WithLease(w.reg.lease))
 	for try := 0; try < 4; try++ {
 		resp, err := w.cli.Txn(cctx).
 			If(clientv3.Compare(clientv3.ModRevision(key), "=", w.reg.modRev)).

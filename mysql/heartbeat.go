@@ -98,7 +98,7 @@ func (w *MySQLServiceWatcher) registerLocked(ctx context.Context) error {
 				return svcwatch.ErrDuplicateID
 			}
 		}
-		rec := encodeRecord(self, w.recVer, regMS, w.conf.TTL)
+		rec := w.b.EncodeRecord(self, w.recVer, time.UnixMilli(regMS))
 		ttl := w.conf.TTL.Milliseconds()
 		if exists {
 			_, err = tx.ExecContext(ctx, w.q.replaceInst, self.Incarnation, rec, ttl, ttl, self.Table, self.ID)
@@ -155,7 +155,7 @@ func (w *MySQLServiceWatcher) updateLocked(ctx context.Context, newVersion bool)
 		if old, err := protocol.DecodeRecord(string(oldRec)); err == nil && old.Reg > 0 {
 			regMS = old.Reg
 		}
-		rec := encodeRecord(self, w.recVer, regMS, w.conf.TTL)
+		rec := w.b.EncodeRecord(self, w.recVer, time.UnixMilli(regMS))
 		ttl := w.conf.TTL.Milliseconds()
 		if _, err := tx.ExecContext(cctx, w.q.replaceInst, self.Incarnation, rec, ttl, ttl, self.Table, self.ID); err != nil {
 			return err

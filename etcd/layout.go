@@ -1,15 +1,11 @@
 package etcd
 
-// record.go: the etcd key layout (prefix/table/id) and the record stored under
-// each key: protocol.Record, the same JSON as a Redis registration. Pure
-// functions.
+// layout.go: the etcd key layout (prefix/table/id). The record stored under
+// each key is the core's (Backend.EncodeRecord, Backend.DecodeRecord): the same
+// JSON as a Redis registration. Pure functions.
 
 import (
 	"strings"
-	"time"
-
-	"github.com/svcwatch/svcwatch"
-	"github.com/svcwatch/svcwatch/protocol"
 )
 
 // layout names the keys under one key prefix.
@@ -34,20 +30,4 @@ func (l layout) split(key string) (table, id string, ok bool) {
 		return "", "", false
 	}
 	return rest[:i], rest[i+1:], true
-}
-
-// encodeRecord is self's record for incarnation inc, registered at reg.
-func encodeRecord(self svcwatch.Instance, ver string, reg time.Time, ttl time.Duration) string {
-	return protocol.Record{
-		Inc: self.Incarnation, Ver: ver, Name: self.Name, Desc: self.Desc, Meta: self.Meta,
-		State: stateName(self.State), Reg: reg.UnixMilli(), TTL: ttl.Milliseconds(),
-	}.Encode()
-}
-
-// stateName is the record's spelling of s ("" for Serving, written as none).
-func stateName(s svcwatch.State) string {
-	if s == svcwatch.Serving {
-		return ""
-	}
-	return s.String()
 }

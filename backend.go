@@ -140,19 +140,20 @@ func (b *Backend) AddPrefix(prefix string) (norm string, added bool, err error) 
 	return p, added, nil
 }
 
-// RemovePrefix undoes a watched prefix (UnwatchPrefix) and returns the tables
-// that are no longer watched at all: the backend stops syncing each and calls
-// DropTable. A prefix not watched is a no-op.
-func (b *Backend) RemovePrefix(prefix string) (dropped []string, err error) {
+// RemovePrefix undoes a watched prefix (UnwatchPrefix): it returns the prefix
+// in the form AddPrefix recorded it, and the tables that are no longer watched
+// at all: the backend stops syncing each and calls DropTable. A prefix not
+// watched is a no-op.
+func (b *Backend) RemovePrefix(prefix string) (norm string, dropped []string, err error) {
 	p, err := checkPrefix(prefix)
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	w := b.w
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if !w.set.prefixes[p] {
-		return nil, nil
+		return p, nil, nil
 	}
 	delete(w.set.prefixes, p)
 	for t := range w.set.found {
@@ -165,7 +166,7 @@ func (b *Backend) RemovePrefix(prefix string) (dropped []string, err error) {
 		}
 	}
 	sort.Strings(dropped)
-	return dropped, nil
+	return p, dropped, nil
 }
 
 // AddFoundTable records a table the backend found in the store: if a watched

@@ -65,7 +65,7 @@ func (w *RedisServiceWatcher) UnwatchPrefix(ctx context.Context, prefix string) 
 	if err != nil {
 		return err
 	}
-	dropped, err := w.b.RemovePrefix(prefix)
+	_, dropped, err := w.b.RemovePrefix(prefix)
 	if err != nil {
 		return err
 	}

@@ -6,7 +6,6 @@ package etcd
 
 import (
 	"context"
-	"strings"
 
 	"github.com/svcwatch/svcwatch"
 )
@@ -86,12 +85,11 @@ func (w *EtcdServiceWatcher) UnwatchPrefix(ctx context.Context, prefix string) e
 		w.mu.Unlock()
 		return svcwatch.ErrStopped
 	}
-	dropped, err := w.b.RemovePrefix(prefix)
+	norm, dropped, err := w.b.RemovePrefix(prefix)
 	if err != nil {
 		w.mu.Unlock()
 		return err
 	}
-	norm := strings.TrimRight(prefix, "/") // as AddPrefix recorded it
 	s := w.prefixes[norm]
 	delete(w.prefixes, norm)
 	w.mu.Unlock()

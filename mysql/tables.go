@@ -76,7 +76,7 @@ func (w *MySQLServiceWatcher) UnwatchPrefix(ctx context.Context, prefix string) 
 		return svcwatch.ErrStopped
 	}
 	w.loadMu.Lock()
-	dropped, err := w.b.RemovePrefix(prefix)
+	_, dropped, err := w.b.RemovePrefix(prefix)
 	for _, t := range dropped {
 		w.dropLocked(t)
 	}

@@ -14,7 +14,10 @@ import (
 // (called from a handler: they follow when the handler returns). A table also
 // covered by a watched prefix stays watched until the prefix is undone too.
 // Unwatching a table not watched by name is a no-op; self's own table cannot
-// be unwatched by a watcher that registers (ErrInvalid).
+// be unwatched by a watcher that registers (ErrInvalid). A table counts as
+// under a prefix once the prefix found it (its announcement, or the scan):
+// unwatched by name just before that, it is dropped, then found again with
+// OnAdd for its peers.
 func (w *RedisServiceWatcher) Unwatch(ctx context.Context, table string) error {
 	run, err := w.current()
 	if err != nil {
